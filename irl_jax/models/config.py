@@ -1,0 +1,187 @@
+"""``ModelConfig``: one frozen description for every decoder in the family.
+
+GPT-2 and the Llama family (Llama, Qwen2, Mistral) differ only in a handful of switches, derived
+from ``architecture``: positions (learned vs RoPE), norm (LayerNorm vs RMSNorm), MLP (GELU vs
+SwiGLU), fused QKV, and which projections carry biases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+ARCHITECTURES = ("gpt2", "llama", "qwen2", "mistral")
+ACTIVATIONS = ("gelu_new", "gelu", "gelu_pytorch_tanh", "relu", "silu")
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling (``rope_type`` in ``ROPE_TYPES``); fields unused by a type are 0."""
+
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 0.0
+    high_freq_factor: float = 0.0
+    original_max_position_embeddings: int = 0
+
+    def __post_init__(self):
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(
+                f"rope_scaling.rope_type={self.rope_type!r} is not supported; "
+                f"expected one of {ROPE_TYPES}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of a decoder; hashable, so it can be a static jit argument.
+
+    Attributes:
+      architecture: one of ``ARCHITECTURES``.
+      vocab_size, hidden_size, num_layers, num_heads, num_kv_heads, head_dim, intermediate_size:
+        shapes; ``num_heads`` must be a multiple of ``num_kv_heads`` (grouped-query attention).
+      max_position_embeddings: size of GPT-2's position table; RoPE models' nominal context.
+      norm_eps: LayerNorm / RMSNorm epsilon.
+      activation: MLP activation (``gelu_new`` for GPT-2, ``silu`` for SwiGLU models).
+      rope_theta, rope_scaling: RoPE base and scaling (Llama family only).
+      tie_word_embeddings: the LM head reuses the token embedding.
+      qkv_bias, o_bias, mlp_bias: which projections have biases.
+      sliding_window: Mistral's attention window (``None`` = full causal attention).
+      bos_token_id, eos_token_ids, pad_token_id: special ids from the checkpoint (may be None).
+      dtype: compute dtype (``"float32"`` or ``"bfloat16"``); log-probs are always fp32.
+      param_dtype: storage dtype of params.
+      scan_layers: run the blocks with ``nn.scan`` (params stacked on a leading ``layers`` axis).
+      remat: rematerialize each block in the backward pass (saves activation memory).
+    """
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    max_position_embeddings: int = 2048
+    norm_eps: float = 1e-5
+    activation: str = "silu"
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    sliding_window: int | None = None
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture={self.architecture!r} is not supported; expected one of "
+                f"{ARCHITECTURES}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation={self.activation!r}; expected one of {ACTIVATIONS}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                     "head_dim", "intermediate_size", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads="
+                f"{self.num_kv_heads}"
+            )
+        if self.is_gpt2 and self.num_kv_heads != self.num_heads:
+            raise ValueError("gpt2 has no grouped-query attention: num_kv_heads must equal num_heads")
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise ValueError(f"sliding_window must be positive or None, got {self.sliding_window}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(f"{name}={getattr(self, name)!r}; expected float32 or bfloat16")
+        if isinstance(self.eos_token_ids, list):
+            object.__setattr__(self, "eos_token_ids", tuple(self.eos_token_ids))
+
+    @property
+    def is_gpt2(self) -> bool:
+        return self.architecture == "gpt2"
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _gpt2(vocab_size: int, hidden: int, layers: int, heads: int, positions: int) -> ModelConfig:
+    return ModelConfig(
+        architecture="gpt2",
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
+        intermediate_size=4 * hidden,
+        max_position_embeddings=positions,
+        activation="gelu_new",
+        tie_word_embeddings=True,
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
+    )
+
+
+def _llama(vocab_size: int, hidden: int, layers: int, heads: int, kv: int, mlp: int,
+           positions: int, **kw: Any) -> ModelConfig:
+    return ModelConfig(
+        architecture="llama",
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=hidden // heads,
+        intermediate_size=mlp,
+        max_position_embeddings=positions,
+        activation="silu",
+        **kw,
+    )
+
+
+# Named architectures for experiments on CPU; vocab sizes are overridden by the tokenizer.
+PRESETS: dict[str, ModelConfig] = {
+    "gpt2-tiny": _gpt2(vocab_size=512, hidden=64, layers=2, heads=4, positions=256),
+    "gpt2-small-cpu": _gpt2(vocab_size=512, hidden=128, layers=4, heads=4, positions=512),
+    "gpt2-d256": _gpt2(vocab_size=8192, hidden=256, layers=4, heads=4, positions=1024),
+    "gpt2-d768": _gpt2(vocab_size=8192, hidden=768, layers=6, heads=12, positions=1024),
+    "gpt2-124m": _gpt2(vocab_size=50257, hidden=768, layers=12, heads=12, positions=1024),
+    "llama-tiny": _llama(512, hidden=64, layers=2, heads=4, kv=2, mlp=176, positions=512,
+                         tie_word_embeddings=True),
+    "llama-small-cpu": _llama(512, hidden=128, layers=4, heads=4, kv=2, mlp=352, positions=1024,
+                              tie_word_embeddings=True),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named ``ModelConfig`` from ``PRESETS`` with fields overridden.
+
+    Raises:
+      ValueError: unknown preset name.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"model preset {name!r} is unknown; expected one of {sorted(PRESETS)}")
+    return PRESETS[name].replace(**overrides)

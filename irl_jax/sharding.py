@@ -1,0 +1,211 @@
+"""Device meshes, the one logical-axis-rules table, and sharded placement of params.
+
+Every param and large activation in irl_jax carries *logical* axis names (``"embed"``, ``"heads"``,
+``"act_batch"``, ...). ``LOGICAL_AXIS_RULES`` maps them to the mesh axes
+``('data', 'fsdp', 'tensor')``. A dimension that does not divide the product of its mesh axes
+(e.g. one KV head over ``tensor=2``) is replicated instead of failing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or axes). Params: embed is FSDP-sharded, the rest tensor-parallel.
+# Activations (act_*) are batch-parallel over (data, fsdp) and tensor-parallel inside a layer.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("qkv", None),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+    ("positions", None),
+    ("reward_heads", None),
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_head_dim", None),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+
+def make_mesh(
+    shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None
+) -> Mesh:
+    """Builds a ``('data', 'fsdp', 'tensor')`` mesh from a dict such as ``{"data": -1}``.
+
+    At most one axis may be ``-1`` (it takes the remaining devices); missing axes are 1. Axes are
+    ``Auto`` so that jit propagates shardings from ``in_shardings`` and logical constraints.
+
+    Raises:
+      ValueError: an unknown axis name, more than one ``-1``, a non-positive size, or sizes whose
+        product is not the device count.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    unknown = sorted(set(shape) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"mesh_shape: unknown axis {unknown}; expected axes from {MESH_AXES}")
+    sizes = {axis: int(shape.get(axis, 1)) for axis in MESH_AXES}
+    free = [axis for axis, size in sizes.items() if size == -1]
+    if len(free) > 1:
+        raise ValueError(f"mesh_shape: at most one axis may be -1, got {dict(shape)}")
+    bad = {axis: size for axis, size in sizes.items() if size == 0 or size < -1}
+    if bad:
+        raise ValueError(f"mesh_shape: axis sizes must be positive or -1, got {bad}")
+    fixed = math.prod(size for size in sizes.values() if size != -1)
+    if free:
+        if len(devices) % fixed:
+            raise ValueError(
+                f"mesh_shape {dict(shape)}: {len(devices)} devices are not divisible by the "
+                f"fixed axes' product {fixed}"
+            )
+        sizes[free[0]] = len(devices) // fixed
+    if math.prod(sizes.values()) != len(devices):
+        raise ValueError(
+            f"mesh_shape {dict(shape)} needs {math.prod(sizes.values())} devices, "
+            f"but {len(devices)} are available"
+        )
+    grid = np.asarray(devices).reshape(tuple(sizes[a] for a in MESH_AXES))
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _axis_size(mesh_shape: Mapping[str, int], axes: str | tuple[str, ...] | None) -> int:
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh_shape.get(a, 1) for a in axes)
+
+
+def logical_to_spec(
+    logical_axes: Sequence[str | None],
+    shape: Sequence[int],
+    mesh_shape: Mapping[str, int],
+    rules: Sequence[tuple[str, Any]] = LOGICAL_AXIS_RULES,
+) -> PartitionSpec:
+    """Maps logical axis names to a ``PartitionSpec`` for an array of ``shape``.
+
+    A dimension whose size does not divide the product of its mesh axes is replicated, and a mesh
+    axis already used by an earlier dimension is not reused.
+    """
+    table = dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name, size in zip(logical_axes, shape, strict=True):
+        axes = table.get(name) if name is not None else None
+        if axes is not None:
+            axes_tuple = (axes,) if isinstance(axes, str) else tuple(axes)
+            axes_tuple = tuple(a for a in axes_tuple if mesh_shape.get(a, 1) > 1)
+            if used.intersection(axes_tuple) or size % _axis_size(mesh_shape, axes_tuple):
+                axes_tuple = ()
+            used.update(axes_tuple)
+            axes = axes_tuple[0] if len(axes_tuple) == 1 else (axes_tuple or None)
+        spec.append(axes)
+    while spec and spec[-1] is None:
+        spec.pop()
+    return PartitionSpec(*spec)
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """Logical sharding constraint on an activation; a no-op when no mesh is set.
+
+    Uses the mesh installed with ``jax.set_mesh`` (the abstract mesh seen while tracing).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    spec = logical_to_spec(logical_axes, x.shape, dict(mesh.shape))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+def _is_partitioned(x: Any) -> bool:
+    return isinstance(x, nn.Partitioned)
+
+
+def logical_axes_of(boxed_tree: Any) -> Any:
+    """The logical axis names of every leaf of a tree of ``nn.LogicallyPartitioned`` boxes.
+
+    Unboxed leaves (no annotation) get ``None`` for every dimension.
+    """
+
+    def axes(leaf):
+        if _is_partitioned(leaf):
+            return tuple(leaf.names)
+        return (None,) * len(np.shape(leaf))
+
+    return jax.tree.map(axes, boxed_tree, is_leaf=_is_partitioned)
+
+
+def unbox(tree: Any) -> Any:
+    """Removes ``nn.Partitioned`` boxes, leaving plain arrays (or shape structs)."""
+    return nn.meta.unbox(tree)
+
+
+def tree_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
+    """``NamedSharding`` for every leaf of a boxed (logically annotated) tree of arrays/shapes."""
+
+    def sharding(leaf):
+        names = tuple(leaf.names) if _is_partitioned(leaf) else (None,) * len(np.shape(leaf))
+        value = leaf.unbox() if _is_partitioned(leaf) else leaf
+        return NamedSharding(mesh, logical_to_spec(names, value.shape, dict(mesh.shape)))
+
+    return jax.tree.map(sharding, boxed_tree, is_leaf=_is_partitioned)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The fully replicated sharding on ``mesh``."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a data batch: the leading (batch) axis over ``('data', 'fsdp')``."""
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+
+
+def init_sharded(init_fn, mesh: Mesh, *args) -> tuple[Any, Any]:
+    """Initializes a (boxed) param tree directly into its shardings.
+
+    ``init_fn(*args)`` must return a tree of ``nn.Partitioned`` leaves (e.g. ``model.init``).
+    Shapes come from ``jax.eval_shape``; the init is jitted with ``out_shardings`` so no param is
+    ever materialized whole on one device.
+
+    Returns:
+      ``(params, shardings)``: unboxed arrays and their ``NamedSharding`` tree.
+    """
+    abstract = jax.eval_shape(init_fn, *args)
+    shardings = tree_shardings(abstract, mesh)
+    params = jax.jit(lambda *a: unbox(init_fn(*a)), out_shardings=shardings)(*args)
+    return params, shardings
+
+
+def place(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """Places one host array into ``sharding``, each device receiving only its shard.
+
+    Works for multi-process meshes too: every process supplies the shards of its own devices.
+    """
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Multi-host init (``jax.distributed``); a no-op for a single process without arguments."""
+    if coordinator_address is None and num_processes is None:
+        return
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)

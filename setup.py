@@ -1,0 +1,33 @@
+"""irl_jax: LLM post-training as inverse reinforcement learning, in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="irl_jax",
+    version="0.1.0",
+    description="LLM post-training as inverse RL: reward learning, RLHF, direct alignment, in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["irl_jax", "irl_jax.*", "experiments", "experiments.*"]),
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "transformers>=4.50",
+        "tokenizers>=0.21",
+        "datasets>=3.0",
+        "chex>=0.1.90",
+        "absl-py>=2.0",
+        "ml-collections>=1.0",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        # torch only for parity tests and benchmarks; install torch==2.13.0 first (CPU wheel).
+        "test": ["pytest>=8", "torch>=2.4", "ruff>=0.6", "scipy>=1.11"],
+    },
+)
