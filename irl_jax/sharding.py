@@ -44,9 +44,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def make_mesh(
-    shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None
-) -> Mesh:
+def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """Builds a ``('data', 'fsdp', 'tensor')`` mesh from a dict such as ``{"data": -1}``.
 
     At most one axis may be ``-1`` (it takes the remaining devices); missing axes are 1. Axes are

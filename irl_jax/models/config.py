@@ -91,17 +91,26 @@ class ModelConfig:
             )
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation={self.activation!r}; expected one of {ACTIVATIONS}")
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
-                     "head_dim", "intermediate_size", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "num_kv_heads",
+            "head_dim",
+            "intermediate_size",
+            "max_position_embeddings",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
-                f"num_heads={self.num_heads} must be a multiple of num_kv_heads="
-                f"{self.num_kv_heads}"
+                f"num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads}"
             )
         if self.is_gpt2 and self.num_kv_heads != self.num_heads:
-            raise ValueError("gpt2 has no grouped-query attention: num_kv_heads must equal num_heads")
+            raise ValueError(
+                "gpt2 has no grouped-query attention: num_kv_heads must equal num_heads"
+            )
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ValueError(f"sliding_window must be positive or None, got {self.sliding_window}")
         for name in ("dtype", "param_dtype"):
@@ -145,8 +154,16 @@ def _gpt2(vocab_size: int, hidden: int, layers: int, heads: int, positions: int)
     )
 
 
-def _llama(vocab_size: int, hidden: int, layers: int, heads: int, kv: int, mlp: int,
-           positions: int, **kw: Any) -> ModelConfig:
+def _llama(
+    vocab_size: int,
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv: int,
+    mlp: int,
+    positions: int,
+    **kw: Any,
+) -> ModelConfig:
     return ModelConfig(
         architecture="llama",
         vocab_size=vocab_size,
@@ -169,10 +186,12 @@ PRESETS: dict[str, ModelConfig] = {
     "gpt2-d256": _gpt2(vocab_size=8192, hidden=256, layers=4, heads=4, positions=1024),
     "gpt2-d768": _gpt2(vocab_size=8192, hidden=768, layers=6, heads=12, positions=1024),
     "gpt2-124m": _gpt2(vocab_size=50257, hidden=768, layers=12, heads=12, positions=1024),
-    "llama-tiny": _llama(512, hidden=64, layers=2, heads=4, kv=2, mlp=176, positions=512,
-                         tie_word_embeddings=True),
-    "llama-small-cpu": _llama(512, hidden=128, layers=4, heads=4, kv=2, mlp=352, positions=1024,
-                              tie_word_embeddings=True),
+    "llama-tiny": _llama(
+        512, hidden=64, layers=2, heads=4, kv=2, mlp=176, positions=512, tie_word_embeddings=True
+    ),
+    "llama-small-cpu": _llama(
+        512, hidden=128, layers=4, heads=4, kv=2, mlp=352, positions=1024, tie_word_embeddings=True
+    ),
 }
 
 

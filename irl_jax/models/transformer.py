@@ -170,7 +170,7 @@ def _dense(config: ModelConfig, features, axes, *, use_bias: bool, name: str, ax
         dtype=config.compute_dtype,
         param_dtype=config.weight_dtype,
         kernel_init=_dense_init(axes),
-        bias_init=_zeros_init(axes[-len(features_t):]),
+        bias_init=_zeros_init(axes[-len(features_t) :]),
         name=name,
     )
 
@@ -185,16 +185,36 @@ class Attention(nn.Module):
         cfg = self.config
         heads, kv_heads, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         if cfg.is_gpt2:
-            qkv = _dense(cfg, (3, heads, head_dim), ("embed", "qkv", "heads", "head_dim"),
-                         use_bias=cfg.qkv_bias, name="qkv")(x)
+            qkv = _dense(
+                cfg,
+                (3, heads, head_dim),
+                ("embed", "qkv", "heads", "head_dim"),
+                use_bias=cfg.qkv_bias,
+                name="qkv",
+            )(x)
             q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         else:
-            q = _dense(cfg, (heads, head_dim), ("embed", "heads", "head_dim"),
-                       use_bias=cfg.qkv_bias, name="q")(x)
-            k = _dense(cfg, (kv_heads, head_dim), ("embed", "kv_heads", "head_dim"),
-                       use_bias=cfg.qkv_bias, name="k")(x)
-            v = _dense(cfg, (kv_heads, head_dim), ("embed", "kv_heads", "head_dim"),
-                       use_bias=cfg.qkv_bias, name="v")(x)
+            q = _dense(
+                cfg,
+                (heads, head_dim),
+                ("embed", "heads", "head_dim"),
+                use_bias=cfg.qkv_bias,
+                name="q",
+            )(x)
+            k = _dense(
+                cfg,
+                (kv_heads, head_dim),
+                ("embed", "kv_heads", "head_dim"),
+                use_bias=cfg.qkv_bias,
+                name="k",
+            )(x)
+            v = _dense(
+                cfg,
+                (kv_heads, head_dim),
+                ("embed", "kv_heads", "head_dim"),
+                use_bias=cfg.qkv_bias,
+                name="v",
+            )(x)
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q = constrain(q, ("act_batch", "act_length", "act_heads", "act_head_dim"))
         k = constrain(k, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
@@ -217,8 +237,14 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(batch, length, heads, head_dim)
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
-        out = _dense(cfg, cfg.hidden_size, ("heads", "head_dim", "embed"), use_bias=cfg.o_bias,
-                     name="o", axis=(-2, -1))(out)
+        out = _dense(
+            cfg,
+            cfg.hidden_size,
+            ("heads", "head_dim", "embed"),
+            use_bias=cfg.o_bias,
+            name="o",
+            axis=(-2, -1),
+        )(out)
         return out, new_cache
 
 
@@ -240,8 +266,9 @@ class Mlp(nn.Module):
             h = act(gate) * up
         h = constrain(h, ("act_batch", "act_length", "act_mlp"))
         down_name = "proj" if cfg.is_gpt2 else "down"
-        return _dense(cfg, cfg.hidden_size, ("mlp", "embed"), use_bias=cfg.mlp_bias,
-                      name=down_name)(h)
+        return _dense(
+            cfg, cfg.hidden_size, ("mlp", "embed"), use_bias=cfg.mlp_bias, name=down_name
+        )(h)
 
 
 class Block(nn.Module):
@@ -253,8 +280,9 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, layer_cache, rope, mask, cache_index):
         h = _norm(self.config, "attn_norm")(x)
-        h, layer_cache = Attention(self.config, name="attn")(h, rope, mask, layer_cache,
-                                                              cache_index)
+        h, layer_cache = Attention(self.config, name="attn")(
+            h, rope, mask, layer_cache, cache_index
+        )
         x = x + h
         x = x + Mlp(self.config, name="mlp")(_norm(self.config, "mlp_norm")(x))
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
@@ -297,7 +325,9 @@ class Transformer(nn.Module):
             query_slots = jnp.arange(length)
         else:
             if positions is None or cache_index is None:
-                raise ValueError("decoding with a KV cache needs explicit positions and cache_index")
+                raise ValueError(
+                    "decoding with a KV cache needs explicit positions and cache_index"
+                )
             query_slots = cache_index + jnp.arange(length)
 
         embed = nn.Embed(
@@ -339,8 +369,9 @@ class Transformer(nn.Module):
             new_layers = []
             for i in range(cfg.num_layers):
                 layer_cache = None if cache is None else KVCache(cache.k[i], cache.v[i])
-                x, layer_cache = block(cfg, name=f"layer_{i}")(x, layer_cache, rope, mask,
-                                                               cache_index)
+                x, layer_cache = block(cfg, name=f"layer_{i}")(
+                    x, layer_cache, rope, mask, cache_index
+                )
                 new_layers.append(layer_cache)
             if cache is not None:
                 cache = KVCache(*(jnp.stack(parts) for parts in zip(*new_layers)))
@@ -351,10 +382,10 @@ class Transformer(nn.Module):
             if cfg.tie_word_embeddings:
                 logits = embed.attend(x)
             else:
-                logits = _dense(cfg, cfg.vocab_size, ("embed", "vocab"), use_bias=False,
-                                name="lm_head")(x)
-            logits = constrain(logits.astype(jnp.float32), ("act_batch", "act_length",
-                                                            "act_vocab"))
+                logits = _dense(
+                    cfg, cfg.vocab_size, ("embed", "vocab"), use_bias=False, name="lm_head"
+                )(x)
+            logits = constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
         return TransformerOutput(logits, x, cache)
 
 

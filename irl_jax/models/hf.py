@@ -1,0 +1,546 @@
+"""Hugging Face checkpoints (config.json + safetensors) ↔ ``(ModelConfig, params)``.
+
+Supported: ``GPT2LMHeadModel``, ``LlamaForCausalLM``, ``Qwen2ForCausalLM``,
+``MistralForCausalLM`` and the ``*ForSequenceClassification`` reward models of the same
+families. Loading reads one tensor at a time (bf16 included, through safetensors' flax backend)
+and places it straight into its target sharding when a mesh is given; the whole model is never
+gathered on one device. Export writes files that ``transformers`` loads back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import traverse_util
+from safetensors import safe_open
+
+from irl_jax import sharding as sharding_lib
+from irl_jax.models.config import ModelConfig, RopeScaling
+from irl_jax.models.heads import RewardModel
+from irl_jax.models.transformer import Transformer, unstack_layers
+
+# HF architecture name -> (our architecture, checkpoint kind).
+ARCHITECTURES = {
+    "GPT2LMHeadModel": ("gpt2", "causal_lm"),
+    "LlamaForCausalLM": ("llama", "causal_lm"),
+    "Qwen2ForCausalLM": ("qwen2", "causal_lm"),
+    "MistralForCausalLM": ("mistral", "causal_lm"),
+    "GPT2ForSequenceClassification": ("gpt2", "reward_model"),
+    "LlamaForSequenceClassification": ("llama", "reward_model"),
+    "Qwen2ForSequenceClassification": ("qwen2", "reward_model"),
+    "MistralForSequenceClassification": ("mistral", "reward_model"),
+}
+_MODEL_TYPES = {"gpt2": "gpt2", "llama": "llama", "qwen2": "qwen2", "mistral": "mistral"}
+# Buffers some checkpoints carry that are not parameters.
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, RopeScaling | None]:
+    """Reads RoPE settings from ``rope_parameters`` (transformers 5) or ``rope_theta`` /
+    ``rope_scaling`` (older files)."""
+    params = dict(hf.get("rope_parameters") or {})
+    theta = float(params.pop("rope_theta", hf.get("rope_theta", 10000.0)))
+    if not params:
+        params = dict(hf.get("rope_scaling") or {})
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+        return theta, None
+    return theta, RopeScaling(
+        rope_type=rope_type,
+        factor=float(params.get("factor", 1.0)),
+        low_freq_factor=float(params.get("low_freq_factor", 0.0)),
+        high_freq_factor=float(params.get("high_freq_factor", 0.0)),
+        original_max_position_embeddings=int(params.get("original_max_position_embeddings", 0)),
+    )
+
+
+def _sliding_window_from_hf(hf: dict[str, Any], architecture: str) -> int | None:
+    if architecture == "mistral":
+        return hf.get("sliding_window")
+    if architecture == "qwen2":
+        layer_types = hf.get("layer_types")
+        if layer_types is not None:
+            kinds = set(layer_types)
+        else:
+            sliding = hf.get("use_sliding_window", False)
+            first = hf.get("max_window_layers", hf["num_hidden_layers"])
+            kinds = {
+                "sliding_attention" if sliding and i >= first else "full_attention"
+                for i in range(hf["num_hidden_layers"])
+            }
+        if kinds == {"full_attention"}:
+            return None
+        if kinds == {"sliding_attention"}:
+            return hf["sliding_window"]
+        raise ValueError(
+            f"qwen2 config mixes sliding and full attention layers ({sorted(kinds)}); "
+            "irl_jax supports one attention kind for all layers"
+        )
+    return None
+
+
+def _as_tuple(ids: Any) -> tuple[int, ...]:
+    if ids is None:
+        return ()
+    return tuple(ids) if isinstance(ids, list | tuple) else (int(ids),)
+
+
+def config_from_hf(hf: dict[str, Any], **overrides: Any) -> tuple[ModelConfig, str]:
+    """``ModelConfig`` and checkpoint kind (``causal_lm`` / ``reward_model``) from a config dict.
+
+    Raises:
+      ValueError: an architecture irl_jax does not implement, named in the message.
+    """
+    names = hf.get("architectures") or []
+    known = [name for name in names if name in ARCHITECTURES]
+    if not known:
+        raise ValueError(
+            f"unsupported architecture {names or hf.get('model_type')!r}; supported: "
+            f"{sorted(ARCHITECTURES)}"
+        )
+    architecture, kind = ARCHITECTURES[known[0]]
+    if architecture == "gpt2":
+        hidden = hf["n_embd"]
+        fields = dict(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hidden,
+            num_layers=hf["n_layer"],
+            num_heads=hf["n_head"],
+            num_kv_heads=hf["n_head"],
+            head_dim=hidden // hf["n_head"],
+            intermediate_size=hf.get("n_inner") or 4 * hidden,
+            max_position_embeddings=hf["n_positions"],
+            norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+            activation=hf.get("activation_function", "gelu_new"),
+            tie_word_embeddings=hf.get("tie_word_embeddings", True),
+            qkv_bias=True,
+            o_bias=True,
+            mlp_bias=True,
+        )
+        if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+            raise ValueError(
+                "gpt2 options scale_attn_by_inverse_layer_idx / "
+                "reorder_and_upcast_attn are not supported"
+            )
+    else:
+        heads = hf["num_attention_heads"]
+        theta, scaling = _rope_from_hf(hf)
+        attention_bias = hf.get("attention_bias", False)
+        fields = dict(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            intermediate_size=hf["intermediate_size"],
+            max_position_embeddings=hf.get("max_position_embeddings", 2048),
+            norm_eps=hf.get("rms_norm_eps", 1e-6),
+            activation=hf.get("hidden_act", "silu"),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            tie_word_embeddings=hf.get("tie_word_embeddings", False),
+            qkv_bias=architecture == "qwen2" or attention_bias,
+            o_bias=architecture == "llama" and attention_bias,
+            mlp_bias=hf.get("mlp_bias", False),
+            sliding_window=_sliding_window_from_hf(hf, architecture),
+        )
+    fields.update(
+        architecture=architecture,
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_ids=_as_tuple(hf.get("eos_token_id")),
+        pad_token_id=hf.get("pad_token_id"),
+    )
+    fields.update(overrides)
+    return ModelConfig(**fields), kind
+
+
+def config_to_hf(config: ModelConfig, kind: str = "causal_lm", num_labels: int = 1):
+    """A ``transformers`` config object for ``config`` (``kind``: causal_lm / reward_model)."""
+    import transformers
+
+    cfg = config
+    common = dict(
+        vocab_size=cfg.vocab_size,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=(
+            list(cfg.eos_token_ids)
+            if len(cfg.eos_token_ids) > 1
+            else (cfg.eos_token_ids[0] if cfg.eos_token_ids else None)
+        ),
+        pad_token_id=cfg.pad_token_id,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        num_labels=num_labels,
+    )
+    if cfg.is_gpt2:
+        hf = transformers.GPT2Config(
+            n_embd=cfg.hidden_size,
+            n_layer=cfg.num_layers,
+            n_head=cfg.num_heads,
+            n_inner=cfg.intermediate_size,
+            n_positions=cfg.max_position_embeddings,
+            layer_norm_epsilon=cfg.norm_eps,
+            activation_function=cfg.activation,
+            **common,
+        )
+    else:
+        rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+        if cfg.rope_scaling is not None:
+            rope.update({k: v for k, v in dataclasses.asdict(cfg.rope_scaling).items() if v})
+        fields = dict(
+            hidden_size=cfg.hidden_size,
+            intermediate_size=cfg.intermediate_size,
+            num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads,
+            num_key_value_heads=cfg.num_kv_heads,
+            head_dim=cfg.head_dim,
+            max_position_embeddings=cfg.max_position_embeddings,
+            rms_norm_eps=cfg.norm_eps,
+            hidden_act=cfg.activation,
+            rope_parameters=rope,
+            **common,
+        )
+        if cfg.architecture == "llama":
+            if cfg.qkv_bias != cfg.o_bias:
+                raise ValueError(
+                    "llama's attention_bias covers q, k, v and o alike; this config "
+                    f"has qkv_bias={cfg.qkv_bias}, o_bias={cfg.o_bias}"
+                )
+            hf = transformers.LlamaConfig(
+                attention_bias=cfg.qkv_bias, mlp_bias=cfg.mlp_bias, **fields
+            )
+        elif cfg.architecture == "qwen2":
+            hf = transformers.Qwen2Config(
+                use_sliding_window=cfg.sliding_window is not None,
+                sliding_window=cfg.sliding_window,
+                max_window_layers=0,
+                **fields,
+            )
+        else:
+            hf = transformers.MistralConfig(sliding_window=cfg.sliding_window, **fields)
+    prefix = {"gpt2": "GPT2", "llama": "Llama", "qwen2": "Qwen2", "mistral": "Mistral"}
+    head = "LMHeadModel" if cfg.is_gpt2 else "ForCausalLM"
+    hf.architectures = [
+        prefix[cfg.architecture] + (head if kind == "causal_lm" else "ForSequenceClassification")
+    ]
+    return hf
+
+
+# ----------------------------------------------------------------------------- tensor maps
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+    """One tensor: our path, the HF name, and the two layout conversions."""
+
+    ours: str
+    hf: str
+    to_ours: Callable[[np.ndarray], np.ndarray] = lambda w: w
+    to_hf: Callable[[np.ndarray], np.ndarray] = lambda w: w
+
+
+def _linear(ours: str, hf: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _Rule:
+    """A torch ``nn.Linear`` weight ``[out, in]`` ↔ our kernel ``[*in_shape, *out_shape]``."""
+    n_in = int(np.prod(in_shape))
+    return _Rule(
+        ours, hf, lambda w: w.T.reshape(*in_shape, *out_shape), lambda k: k.reshape(n_in, -1).T
+    )
+
+
+def _reshaped(
+    ours: str, hf: str, shape: tuple[int, ...], hf_shape: tuple[int, ...] = (-1,)
+) -> _Rule:
+    """Same memory order, different shape (GPT-2's Conv1D ``[in, out]`` weights, biases)."""
+    return _Rule(ours, hf, lambda w: w.reshape(shape), lambda k: k.reshape(hf_shape))
+
+
+def _transposed(ours: str, hf: str) -> _Rule:
+    return _Rule(ours, hf, lambda w: w.T, lambda k: k.T)
+
+
+def _layer_rules(cfg: ModelConfig) -> list[_Rule]:
+    d, h, kv, hd, f = (
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.head_dim,
+        cfg.intermediate_size,
+    )
+    if cfg.is_gpt2:
+        return [
+            _Rule("attn_norm/scale", "ln_1.weight"),
+            _Rule("attn_norm/bias", "ln_1.bias"),
+            _reshaped("attn/qkv/kernel", "attn.c_attn.weight", (d, 3, h, hd), (d, 3 * h * hd)),
+            _reshaped("attn/qkv/bias", "attn.c_attn.bias", (3, h, hd)),
+            _reshaped("attn/o/kernel", "attn.c_proj.weight", (h, hd, d), (h * hd, d)),
+            _Rule("attn/o/bias", "attn.c_proj.bias"),
+            _Rule("mlp_norm/scale", "ln_2.weight"),
+            _Rule("mlp_norm/bias", "ln_2.bias"),
+            _Rule("mlp/fc/kernel", "mlp.c_fc.weight"),
+            _Rule("mlp/fc/bias", "mlp.c_fc.bias"),
+            _Rule("mlp/proj/kernel", "mlp.c_proj.weight"),
+            _Rule("mlp/proj/bias", "mlp.c_proj.bias"),
+        ]
+    rules = [
+        _Rule("attn_norm/scale", "input_layernorm.weight"),
+        _Rule("mlp_norm/scale", "post_attention_layernorm.weight"),
+        _linear("attn/q/kernel", "self_attn.q_proj.weight", (d,), (h, hd)),
+        _linear("attn/k/kernel", "self_attn.k_proj.weight", (d,), (kv, hd)),
+        _linear("attn/v/kernel", "self_attn.v_proj.weight", (d,), (kv, hd)),
+        _linear("attn/o/kernel", "self_attn.o_proj.weight", (h, hd), (d,)),
+        _linear("mlp/gate/kernel", "mlp.gate_proj.weight", (d,), (f,)),
+        _linear("mlp/up/kernel", "mlp.up_proj.weight", (d,), (f,)),
+        _linear("mlp/down/kernel", "mlp.down_proj.weight", (f,), (d,)),
+    ]
+    if cfg.qkv_bias:
+        rules += [
+            _reshaped(f"attn/{n}/bias", f"self_attn.{n}_proj.bias", (heads, hd))
+            for n, heads in (("q", h), ("k", kv), ("v", kv))
+        ]
+    if cfg.o_bias:
+        rules.append(_Rule("attn/o/bias", "self_attn.o_proj.bias"))
+    if cfg.mlp_bias:
+        rules += [_Rule(f"mlp/{n}/bias", f"mlp.{n}_proj.bias") for n in ("gate", "up", "down")]
+    return rules
+
+
+def _rules(cfg: ModelConfig, kind: str) -> list[_Rule]:
+    """Every tensor of a checkpoint, as (our unrolled path, HF name) rules."""
+    base = "transformer." if cfg.is_gpt2 else "model."
+    layer_prefix = f"{base}h." if cfg.is_gpt2 else f"{base}layers."
+    ours = "" if kind == "causal_lm" else "transformer/"
+    if cfg.is_gpt2:
+        rules = [
+            _Rule("embed/embedding", "wte.weight"),
+            _Rule("pos_embed/embedding", "wpe.weight"),
+            _Rule("final_norm/scale", "ln_f.weight"),
+            _Rule("final_norm/bias", "ln_f.bias"),
+        ]
+    else:
+        rules = [
+            _Rule("embed/embedding", "embed_tokens.weight"),
+            _Rule("final_norm/scale", "norm.weight"),
+        ]
+    rules = [dataclasses.replace(r, ours=ours + r.ours, hf=base + r.hf) for r in rules]
+    for i in range(cfg.num_layers):
+        rules += [
+            dataclasses.replace(r, ours=f"{ours}layer_{i}/{r.ours}", hf=f"{layer_prefix}{i}.{r.hf}")
+            for r in _layer_rules(cfg)
+        ]
+    if kind == "reward_model":
+        rules.append(_transposed("score/kernel", "score.weight"))
+    elif not cfg.tie_word_embeddings:
+        rules.append(_transposed("lm_head/kernel", "lm_head.weight"))
+    return rules
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """The ``config.json`` of a local checkpoint directory, with a clear error if absent."""
+    file = os.path.join(path, "config.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{path!r} is not a Hugging Face checkpoint: no config.json")
+    with open(file, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class _TensorReader:
+    """Reads tensors one at a time from ``model.safetensors`` or a sharded index."""
+
+    def __init__(self, path: str):
+        single = os.path.join(path, "model.safetensors")
+        index = os.path.join(path, "model.safetensors.index.json")
+        if os.path.isfile(single):
+            self._files = {}
+            with safe_open(single, framework="flax") as f:
+                self._files = dict.fromkeys(f.keys(), single)
+        elif os.path.isfile(index):
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+            self._files = {name: os.path.join(path, file) for name, file in weight_map.items()}
+        else:
+            raise FileNotFoundError(
+                f"{path!r} has neither model.safetensors nor model.safetensors.index.json"
+            )
+
+    def names(self) -> set[str]:
+        return set(self._files)
+
+    def get(self, name: str) -> np.ndarray:
+        # framework="flax": the numpy backend cannot read bf16 tensors.
+        with safe_open(self._files[name], framework="flax") as f:
+            return np.asarray(f.get_tensor(name))
+
+
+def _strip_gpt2_prefix(names: set[str], rules: list[_Rule]) -> list[_Rule]:
+    """Old GPT-2 files name tensors ``h.0...`` / ``wte.weight`` without ``transformer.``."""
+    if "transformer.wte.weight" in names or "wte.weight" not in names:
+        return rules
+    return [dataclasses.replace(r, hf=r.hf.removeprefix("transformer.")) for r in rules]
+
+
+def _abstract_params(config: ModelConfig, kind: str, num_labels: int = 1):
+    model = Transformer(config) if kind == "causal_lm" else RewardModel(config, num_labels)
+    ids = jnp.zeros((1, 1), jnp.int32)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), ids, jnp.ones_like(ids)))["params"]
+
+
+def load_pretrained(
+    path: str,
+    *,
+    dtype: str = "float32",
+    param_dtype: str = "float32",
+    scan_layers: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    **config_overrides: Any,
+) -> tuple[ModelConfig, dict]:
+    """Loads a local Hugging Face checkpoint directory.
+
+    Args:
+      path: directory with ``config.json`` and ``model.safetensors`` (or a sharded index).
+      dtype, param_dtype: compute and storage dtypes (bf16 files are converted).
+      scan_layers: return params stacked for ``nn.scan`` (``layers``) instead of ``layer_i``.
+      mesh: if given, each tensor is placed directly into its logical sharding on ``mesh``.
+      **config_overrides: further ``ModelConfig`` fields (e.g. ``remat=True``).
+
+    Returns:
+      ``(config, params)``; for a causal LM ``params`` fits ``Transformer(config)``, for a
+      sequence-classification checkpoint it fits ``RewardModel(config, num_labels)``
+      (``{"transformer": ..., "score": ...}``).
+
+    Raises:
+      FileNotFoundError, ValueError: missing files, unsupported architecture, or a missing or
+        wrongly shaped tensor (named in the message).
+    """
+    hf = read_config(path)
+    config, kind = config_from_hf(
+        hf, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers, **config_overrides
+    )
+    num_labels = len(hf.get("id2label") or {}) or hf.get("num_labels", 1)
+    reader = _TensorReader(path)
+    names = reader.names()
+    rules = _strip_gpt2_prefix(names, _rules(config, kind))
+    missing = [r.hf for r in rules if r.hf not in names]
+    if missing:
+        raise ValueError(
+            f"checkpoint {path!r} lacks tensors {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''} needed by {config.architecture}"
+        )
+    unused = sorted(n for n in names - {r.hf for r in rules} if not n.endswith(_IGNORED_SUFFIXES))
+    if unused:
+        logging.warning("load_pretrained(%s): ignoring unexpected tensors %s", path, unused[:10])
+
+    abstract = _abstract_params(config, kind, num_labels)
+    shardings = (
+        None
+        if mesh is None
+        else traverse_util.flatten_dict(sharding_lib.tree_shardings(abstract, mesh), sep="/")
+    )
+    targets = traverse_util.flatten_dict(sharding_lib.unbox(abstract), sep="/")
+    weight_dtype = config.weight_dtype
+
+    def convert(rule: _Rule) -> np.ndarray:
+        return np.asarray(rule.to_ours(reader.get(rule.hf))).astype(weight_dtype)
+
+    def place(path_: str, array: np.ndarray) -> jax.Array:
+        expected = targets[path_].shape
+        if array.shape != expected:
+            raise ValueError(
+                f"tensor for {path_!r} has shape {array.shape}, expected {expected} "
+                f"from config.json"
+            )
+        if shardings is None:
+            return jnp.asarray(array)
+        return sharding_lib.place(array, shardings[path_])
+
+    flat: dict[str, jax.Array] = {}
+    by_path = {r.ours: r for r in rules}
+    if scan_layers:
+        # Stack one parameter kind across layers at a time: host memory holds one kind only.
+        prefix = "" if kind == "causal_lm" else "transformer/"
+        for rule in _layer_rules(config):
+            stacked = np.stack(
+                [
+                    convert(by_path[f"{prefix}layer_{i}/{rule.ours}"])
+                    for i in range(config.num_layers)
+                ]
+            )
+            flat[f"{prefix}layers/{rule.ours}"] = place(f"{prefix}layers/{rule.ours}", stacked)
+        by_path = {p: r for p, r in by_path.items() if "/layer_" not in "/" + p}
+    for path_, rule in by_path.items():
+        flat[path_] = place(path_, convert(rule))
+    return config, traverse_util.unflatten_dict(flat, sep="/")
+
+
+def load_tokenizer(path: str, **kwargs: Any):
+    """``AutoTokenizer`` from a local directory (never the hub)."""
+    from transformers import AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
+    return AutoTokenizer.from_pretrained(path, local_files_only=True, **kwargs)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _iter_hf_tensors(config: ModelConfig, params: dict, kind: str) -> Iterator[tuple[str, Any]]:
+    prefix = "" if kind == "causal_lm" else "transformer/"
+    if config.scan_layers:
+        params = dict(params)
+        if prefix:
+            params["transformer"] = unstack_layers(params["transformer"], config.num_layers)
+        else:
+            params = unstack_layers(params, config.num_layers)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    for rule in _rules(config, kind):
+        yield rule.hf, rule.to_hf(np.asarray(jax.device_get(flat[rule.ours])))
+
+
+def save_pretrained(path: str, config: ModelConfig, params: dict, tokenizer: Any = None) -> str:
+    """Writes a Hugging Face checkpoint directory that ``transformers`` loads back.
+
+    ``params`` of a ``Transformer`` export as ``*ForCausalLM`` (GPT-2: ``GPT2LMHeadModel``);
+    ``params`` of a ``RewardModel`` (``{"transformer", "score"}``) as
+    ``*ForSequenceClassification``. The tokenizer, if given, is saved beside it.
+    """
+    from safetensors.flax import save_file
+
+    kind = "reward_model" if "score" in params else "causal_lm"
+    num_labels = int(np.shape(params["score"]["kernel"])[-1]) if kind == "reward_model" else 1
+    os.makedirs(path, exist_ok=True)
+    hf = config_to_hf(config, kind, num_labels)
+    hf.dtype = config.param_dtype
+    hf.save_pretrained(path)
+    tensors = {
+        name: jnp.asarray(np.ascontiguousarray(value))
+        for name, value in _iter_hf_tensors(config, params, kind)
+    }
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path
+
+
+__all__ = [
+    "ARCHITECTURES",
+    "config_from_hf",
+    "config_to_hf",
+    "load_pretrained",
+    "load_tokenizer",
+    "read_config",
+    "save_pretrained",
+]
