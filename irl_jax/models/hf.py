@@ -449,19 +449,23 @@ def load_pretrained(
         if mesh is None
         else traverse_util.flatten_dict(sharding_lib.tree_shardings(abstract, mesh), sep="/")
     )
-    targets = traverse_util.flatten_dict(sharding_lib.unbox(abstract), sep="/")
+    # Per-tensor shapes of the unrolled layout, checked before any reshape.
+    unrolled = _abstract_params(config.replace(scan_layers=False), kind, num_labels)
+    flat_unrolled = traverse_util.flatten_dict(sharding_lib.unbox(unrolled), sep="/")
+    shapes = {p: x.shape for p, x in flat_unrolled.items()}
     weight_dtype = config.weight_dtype
 
     def convert(rule: _Rule) -> np.ndarray:
-        return np.asarray(rule.to_ours(reader.get(rule.hf))).astype(weight_dtype)
+        tensor = reader.get(rule.hf)
+        expected = rule.to_hf(np.empty(shapes[rule.ours], np.uint8)).shape
+        if tensor.shape != expected:
+            raise ValueError(
+                f"checkpoint tensor {rule.hf!r} (our {rule.ours!r}) has shape {tensor.shape}, "
+                f"expected {expected} from config.json"
+            )
+        return np.asarray(rule.to_ours(tensor)).astype(weight_dtype)
 
     def place(path_: str, array: np.ndarray) -> jax.Array:
-        expected = targets[path_].shape
-        if array.shape != expected:
-            raise ValueError(
-                f"tensor for {path_!r} has shape {array.shape}, expected {expected} "
-                f"from config.json"
-            )
         if shardings is None:
             return jnp.asarray(array)
         return sharding_lib.place(array, shardings[path_])
