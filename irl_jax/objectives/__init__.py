@@ -1,0 +1,1 @@
+"""Pure array math: log-probs, masks, rewards → losses and advantages. Never imports models."""
