@@ -5,9 +5,7 @@ from setuptools import find_packages, setup
 setup(
     name="irl_jax",
     version="0.1.0",
-    description="LLM post-training as inverse RL: reward learning, RLHF, direct alignment, in JAX/Flax",
-    long_description=open("README.md", encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
+    description="LLM post-training as inverse RL (reward learning, RLHF, direct alignment) in JAX",
     python_requires=">=3.10",
     packages=find_packages(include=["irl_jax", "irl_jax.*", "experiments", "experiments.*"]),
     install_requires=[
@@ -15,7 +13,7 @@ setup(
         "flax>=0.12",
         "optax>=0.2.5",
         "orbax-checkpoint>=0.11",
-        "transformers>=4.50",
+        "transformers>=5.0",
         "tokenizers>=0.21",
         "datasets>=3.0",
         "chex>=0.1.90",

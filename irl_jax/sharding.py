@@ -157,8 +157,10 @@ def tree_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
     """``NamedSharding`` for every leaf of a boxed (logically annotated) tree of arrays/shapes."""
 
     def sharding(leaf):
-        names = tuple(leaf.names) if _is_partitioned(leaf) else (None,) * len(np.shape(leaf))
         value = leaf.unbox() if _is_partitioned(leaf) else leaf
+        if not hasattr(value, "shape"):
+            return value  # an empty pytree node, e.g. optax's MaskedNode for a frozen param
+        names = tuple(leaf.names) if _is_partitioned(leaf) else (None,) * len(value.shape)
         return NamedSharding(mesh, logical_to_spec(names, value.shape, dict(mesh.shape)))
 
     return jax.tree.map(sharding, boxed_tree, is_leaf=_is_partitioned)

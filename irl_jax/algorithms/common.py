@@ -1,0 +1,128 @@
+"""Wiring shared by the algorithms: mesh, tokenizer, model config, initial params, data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from irl_jax import sharding as sharding_lib
+from irl_jax.data.iterator import eval_batches
+from irl_jax.models import ModelConfig, Transformer, preset
+from irl_jax.models import hf as hf_lib
+from irl_jax.train.step import global_batch
+
+
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    return sharding_lib.make_mesh(dict(config.mesh_shape))
+
+
+def is_hf_dir(path: str) -> bool:
+    return bool(path) and os.path.isfile(os.path.join(path, "config.json"))
+
+
+def model_source(config: ml_collections.ConfigDict) -> str:
+    """The HF directory the weights come from ("" for a randomly initialized preset)."""
+    if config.init_from:
+        return config.init_from
+    return config.model if is_hf_dir(config.model) else ""
+
+
+def load_tokenizer(config: ml_collections.ConfigDict):
+    """``config.tokenizer``, else the weights' directory, else the synthetic task tokenizer."""
+    for path in (config.tokenizer, model_source(config), config.model):
+        if path and os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+            return hf_lib.load_tokenizer(path)
+    if config.tokenizer:
+        return hf_lib.load_tokenizer(config.tokenizer)  # raises a clear error
+    from irl_jax.tasks import build_tokenizer
+
+    return build_tokenizer()
+
+
+def _overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return {k: v for k, v in config.model_overrides.items() if v is not None}
+
+
+def model_config(config: ml_collections.ConfigDict, tokenizer: Any) -> ModelConfig:
+    """The ``ModelConfig``: from the weights' ``config.json`` or a preset sized to the tokenizer."""
+    overrides = _overrides(config)
+    source = model_source(config)
+    if source:
+        cfg, _ = hf_lib.config_from_hf(hf_lib.read_config(source), **overrides)
+        return cfg
+    base = preset(config.model)
+    if "hidden_size" in overrides or "num_heads" in overrides:
+        hidden = overrides.get("hidden_size", base.hidden_size)
+        heads = overrides.get("num_heads", base.num_heads)
+        overrides.setdefault("head_dim", hidden // heads)
+        if base.is_gpt2:
+            overrides.setdefault("num_kv_heads", heads)
+            overrides.setdefault("intermediate_size", 4 * hidden)
+    eos = tuple(i for i in (tokenizer.eos_token_id,) if i is not None)
+    return base.replace(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_ids=eos,
+        pad_token_id=tokenizer.pad_token_id,
+        **overrides,
+    )
+
+
+def policy_init(
+    config: ml_collections.ConfigDict, cfg: ModelConfig, mesh: jax.sharding.Mesh
+) -> tuple[Callable[[], Any], Any]:
+    """``(init_fn, params)``: ``init_fn`` gives boxed params (shapes and logical axes);
+    ``params`` are loaded, already sharded, weights (``None`` for a random init)."""
+    model = Transformer(cfg)
+    ids = jnp.zeros((1, 2), jnp.int32)
+    init_fn = lambda: model.init(jax.random.key(config.seed), ids, jnp.ones_like(ids))["params"]
+    source = model_source(config)
+    params = None
+    if source:
+        _, params = hf_lib.load_pretrained(
+            source, mesh=mesh, scan_layers=cfg.scan_layers, **_overrides(config)
+        )
+        logging.info("loaded %s weights from %s", cfg.architecture, source)
+    return init_fn, params
+
+
+def task_or_none(config: ml_collections.ConfigDict):
+    if config.data.path:
+        return None
+    from irl_jax.tasks import get_task
+
+    return get_task(config.data.task)
+
+
+def evaluate_sums(
+    eval_step: Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]],
+    params: Any,
+    arrays: dict[str, np.ndarray],
+    batch_size: int,
+    mesh: jax.sharding.Mesh,
+) -> dict[str, float]:
+    """Sums ``eval_step``'s outputs over every eval row (the last batch zero-padded)."""
+    data = sharding_lib.batch_sharding(mesh)
+    totals: dict[str, Any] = {}
+    local = batch_size // jax.process_count()
+    for batch in eval_batches(arrays, batch_size):
+        rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+        out = eval_step(params, global_batch({k: v[rows] for k, v in batch.items()}, data))
+        totals = out if not totals else jax.tree.map(jnp.add, totals, out)
+    return {k: float(v) for k, v in jax.device_get(totals).items()}
+
+
+def export(workdir: str, cfg: ModelConfig, params: Any, tokenizer: Any) -> str:
+    """Writes the final model as a Hugging Face directory ``WORKDIR/export`` (process 0)."""
+    path = os.path.join(workdir, "export")
+    if jax.process_index() == 0:
+        hf_lib.save_pretrained(path, cfg, jax.device_get(params), tokenizer=tokenizer)
+        logging.info("exported the final model to %s", path)
+    return path
