@@ -1,0 +1,144 @@
+"""Critic-free policy-gradient estimators and losses (SURVEY §1, §4).
+
+Per-sequence rewards are ``[B]``; per-token quantities ``[B, T]`` are aligned with the response
+tokens and weighted by ``mask`` (1 on real response tokens, EOS included). Group methods lay out
+the batch as ``B = N · G`` with the G samples of one prompt in consecutive rows.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+SCALES = ("group", "batch", "none")
+AGGREGATIONS = ("sequence_mean", "token_mean", "constant")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+
+
+def _groups(rewards: Array, group_size: int) -> Array:
+    if rewards.shape[0] % group_size:
+        raise ValueError(
+            f"batch of {rewards.shape[0]} rows is not a multiple of group_size={group_size}"
+        )
+    return rewards.reshape(-1, group_size)
+
+
+def _unbiased_std(x: Array, axis=None) -> Array:
+    return jnp.std(x, axis=axis, ddof=1)
+
+
+def reinforce_advantages(rewards: Array, baseline: Array | float) -> Array:
+    """REINFORCE with a baseline (Williams 1992): A = r − b."""
+    return rewards - baseline
+
+
+def rloo_advantages(rewards: Array, group_size: int) -> Array:
+    """RLOO (Ahmadian et al. 2024): A_i = r_i − (1/(G−1)) Σ_{j≠i} r_j over a prompt's G samples."""
+    if group_size < 2:
+        raise ValueError("RLOO needs group_size >= 2")
+    grouped = _groups(rewards, group_size)
+    others = (grouped.sum(axis=1, keepdims=True) - grouped) / (group_size - 1)
+    return (grouped - others).reshape(-1)
+
+
+def remax_advantages(rewards: Array, greedy_rewards: Array) -> Array:
+    """ReMax (Li et al. 2023): A = r(x, y) − r(x, ȳ), ȳ the greedy response to the same prompt."""
+    return rewards - greedy_rewards
+
+
+def group_advantages(
+    rewards: Array, group_size: int, *, scale: str = "group", eps: float = 1e-4
+) -> Array:
+    """GRPO (Shao et al. 2024) group-relative advantages.
+
+    A_i = (r_i − mean_G r) / (std_G r + ε) with the unbiased (ddof = 1) std. ``scale``:
+    ``group`` (GRPO), ``batch`` (the std of the whole batch), ``none`` (Dr.GRPO: centering only).
+    """
+    if scale not in SCALES:
+        raise ValueError(f"advantage scale {scale!r}; expected one of {SCALES}")
+    grouped = _groups(rewards, group_size)
+    centered = grouped - grouped.mean(axis=1, keepdims=True)
+    if scale == "group":
+        centered = centered / (_unbiased_std(grouped, axis=1)[:, None] + eps)
+    elif scale == "batch":
+        centered = centered / (_unbiased_std(rewards) + eps)
+    return centered.reshape(-1)
+
+
+def kl_estimate(logps: Array, ref_logps: Array, estimator: str = "k3") -> Array:
+    """Per-token KL(π ‖ π_ref) estimators (Schulman 2020) with d = log π − log π_ref.
+
+    k1 = d;  k2 = d² / 2;  k3 = exp(−d) + d − 1 (unbiased, non-negative).
+    """
+    d = logps - ref_logps
+    if estimator == "k1":
+        return d
+    if estimator == "k2":
+        return 0.5 * d**2
+    if estimator == "k3":
+        return jnp.exp(-d) + d - 1
+    raise ValueError(f"KL estimator {estimator!r}; expected one of {KL_ESTIMATORS}")
+
+
+def kl_penalized_rewards(rewards: Array, kl_bt: Array, mask: Array, beta: float) -> Array:
+    """KL in the reward: r'(x, y) = r(x, y) − β Σ_t kl_t over response tokens."""
+    return rewards - beta * jnp.sum(kl_bt * mask, axis=-1)
+
+
+def clipped_surrogate(
+    logps: Array,
+    old_logps: Array,
+    advantages: Array,
+    *,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+) -> tuple[Array, Array]:
+    """PPO-clip per token (Schulman et al. 2017) with DAPO's decoupled bounds.
+
+    ρ_t = exp(log π − log π_old);  L_t = −min(ρ_t A, clip(ρ_t, 1 − ε_low, 1 + ε_high) A).
+    ``advantages`` is ``[B]`` (one per sequence) or ``[B, T]``.
+
+    Returns:
+      ``(losses [B, T], clipped [B, T])`` where ``clipped`` is 1 where the clip was active.
+    """
+    if advantages.ndim == 1:
+        advantages = advantages[:, None]
+    ratio = jnp.exp(logps - old_logps)
+    unclipped = ratio * advantages
+    clipped = jnp.clip(ratio, 1 - eps_low, 1 + eps_high) * advantages
+    return -jnp.minimum(unclipped, clipped), (clipped < unclipped).astype(jnp.float32)
+
+
+def aggregate(
+    per_token: Array, mask: Array, mode: str = "sequence_mean", max_new_tokens: int | None = None
+) -> Array:
+    """Reduces per-token losses ``[B, T]`` to a scalar.
+
+    ``sequence_mean`` (GRPO): (1/B) Σ_i (1/|y_i|) Σ_t ℓ_it;
+    ``token_mean`` (DAPO / BNPO): Σ_{i,t} ℓ_it / Σ_i |y_i|;
+    ``constant`` (Dr.GRPO): Σ_{i,t} ℓ_it / (B · max_new_tokens).
+    """
+    mask = mask.astype(per_token.dtype)
+    total = per_token * mask
+    if mode == "sequence_mean":
+        return jnp.mean(total.sum(axis=-1) / jnp.maximum(mask.sum(axis=-1), 1.0))
+    if mode == "token_mean":
+        return total.sum() / jnp.maximum(mask.sum(), 1.0)
+    if mode == "constant":
+        if not max_new_tokens:
+            raise ValueError("aggregation 'constant' needs max_new_tokens")
+        return total.sum() / (per_token.shape[0] * max_new_tokens)
+    raise ValueError(f"loss aggregation {mode!r}; expected one of {AGGREGATIONS}")
+
+
+def overlong_penalty(lengths: Array, max_length: int, buffer: int) -> Array:
+    """DAPO's soft over-long penalty with budget L_max and buffer L_c.
+
+    0 if |y| ≤ L_max − L_c;  (L_max − L_c − |y|) / L_c inside the buffer;  −1 beyond L_max.
+    """
+    lengths = lengths.astype(jnp.float32)
+    start = max_length - buffer
+    inside = (start - lengths) / buffer
+    return jnp.where(lengths <= start, 0.0, jnp.where(lengths <= max_length, inside, -1.0))
