@@ -1,0 +1,157 @@
+"""Reward sources behind one interface, usable inside a jitted RL step.
+
+A reward source is ``fn(prompt_ids, prompt_mask, response_ids, response_mask) -> scores [B]``
+(float32) with prompts left-padded ``[B, P]`` and responses right-padded ``[B, N]`` whose mask
+covers the generated tokens, the stopping EOS included. Sources: a synthetic task's gold reward,
+a verifier on decoded text, a learned reward model (or ensemble), weighted sums, a length
+penalty, DAPO's over-long penalty, and running normalization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from irl_jax.objectives.policy_gradient import overlong_penalty
+
+Array = jax.Array
+RewardFn = Callable[[Array, Array, Array, Array], Array]
+
+
+def concat_prompt_response(
+    prompt_ids: Array, prompt_mask: Array, response_ids: Array, response_mask: Array
+) -> tuple[Array, Array]:
+    """``[B, P + N]`` ids and mask of prompt followed by response (padding on both sides is fine:
+    positions come from the mask)."""
+    ids = jnp.concatenate([prompt_ids, response_ids], axis=1)
+    mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
+    return ids, mask
+
+
+def weighted_sum(sources: Sequence[tuple[float, RewardFn]]) -> RewardFn:
+    """r = Σ_k w_k r_k."""
+
+    def reward(prompt_ids, prompt_mask, response_ids, response_mask):
+        return sum(
+            w * fn(prompt_ids, prompt_mask, response_ids, response_mask) for w, fn in sources
+        )
+
+    return reward
+
+
+def length_penalty(coefficient: float) -> RewardFn:
+    """r = −c · |y| (number of response tokens, EOS included)."""
+
+    def reward(prompt_ids, prompt_mask, response_ids, response_mask):
+        del prompt_ids, prompt_mask, response_ids
+        return -coefficient * response_mask.sum(axis=-1).astype(jnp.float32)
+
+    return reward
+
+
+def overlong(max_length: int, buffer: int) -> RewardFn:
+    """DAPO's soft over-long penalty on the response length (see ``overlong_penalty``)."""
+
+    def reward(prompt_ids, prompt_mask, response_ids, response_mask):
+        del prompt_ids, prompt_mask, response_ids
+        return overlong_penalty(response_mask.sum(axis=-1), max_length, buffer)
+
+    return reward
+
+
+def verifier(check: Callable[[list[str], list[str]], Sequence[float]], tokenizer: Any) -> RewardFn:
+    """A host-side verifier on decoded text, callable inside ``jit`` via ``jax.pure_callback``.
+
+    Args:
+      check: ``(prompts, responses) -> scores`` on strings (e.g. unit tests, exact match).
+      tokenizer: decodes ids (special tokens skipped, padding removed by the masks).
+    """
+
+    def host(prompt_ids, prompt_mask, response_ids, response_mask):
+        prompts = [
+            tokenizer.decode(ids[mask.astype(bool)], skip_special_tokens=True)
+            for ids, mask in zip(prompt_ids, prompt_mask)
+        ]
+        responses = [
+            tokenizer.decode(ids[mask.astype(bool)], skip_special_tokens=True)
+            for ids, mask in zip(response_ids, response_mask)
+        ]
+        return np.asarray(check(prompts, responses), np.float32)
+
+    def reward(prompt_ids, prompt_mask, response_ids, response_mask):
+        shape = jax.ShapeDtypeStruct((prompt_ids.shape[0],), jnp.float32)
+        return jax.pure_callback(
+            host,
+            shape,
+            prompt_ids,
+            prompt_mask,
+            response_ids,
+            response_mask,
+            vmap_method="sequential",
+        )
+
+    return reward
+
+
+def reward_model(
+    apply_fn: Callable[[Any, Array, Array], Array],
+    params: Any,
+    *,
+    aggregation: str | None = None,
+    penalty: float = 0.0,
+) -> RewardFn:
+    """A learned reward model ``apply_fn(params, ids, mask) -> [B]`` (or ``[B, K]`` for an
+    ensemble, combined with ``aggregation`` = mean / wco / uwo) scoring prompt + response."""
+    from irl_jax.objectives.reward import aggregate_ensemble
+
+    def reward(prompt_ids, prompt_mask, response_ids, response_mask):
+        ids, mask = concat_prompt_response(prompt_ids, prompt_mask, response_ids, response_mask)
+        scores = apply_fn(params, ids, mask)
+        if scores.ndim == 2:
+            if aggregation is None:
+                raise ValueError("an ensemble reward model needs an aggregation")
+            scores = aggregate_ensemble(scores, aggregation, penalty)
+        return scores.astype(jnp.float32)
+
+    return reward
+
+
+@flax.struct.dataclass
+class RunningStats:
+    """Running mean / variance of rewards (Chan et al. parallel update); lives in
+    ``TrainState.extras`` so that it is checkpointed."""
+
+    count: Array
+    mean: Array
+    m2: Array
+
+    @classmethod
+    def create(cls) -> RunningStats:
+        return cls(
+            jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32)
+        )
+
+    @property
+    def variance(self) -> Array:
+        return self.m2 / jnp.maximum(self.count - 1, 1.0)
+
+    def update(self, values: Array) -> RunningStats:
+        n = jnp.asarray(values.size, jnp.float32)
+        batch_mean = values.mean()
+        batch_m2 = jnp.sum((values - batch_mean) ** 2)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        mean = self.mean + delta * n / total
+        m2 = self.m2 + batch_m2 + delta**2 * self.count * n / total
+        return RunningStats(total, mean, m2)
+
+
+def normalize(stats: RunningStats, rewards: Array, eps: float = 1e-8) -> tuple[RunningStats, Array]:
+    """Updates the running statistics with ``rewards``, then standardizes them with the result."""
+    stats = stats.update(rewards)
+    return stats, (rewards - stats.mean) / jnp.sqrt(stats.variance + eps)

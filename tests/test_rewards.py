@@ -1,0 +1,74 @@
+"""Reward sources: one interface, jittable, with hand-computed values."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from irl_jax import rewards
+
+PROMPT_IDS = jnp.array([[0, 3, 4], [5, 6, 7]])
+PROMPT_MASK = jnp.array([[0, 1, 1], [1, 1, 1]])
+RESPONSE_IDS = jnp.array([[4, 2, 0, 0], [3, 3, 3, 3]])
+RESPONSE_MASK = jnp.array([[1, 1, 0, 0], [1, 1, 1, 1]])
+BATCH = (PROMPT_IDS, PROMPT_MASK, RESPONSE_IDS, RESPONSE_MASK)
+
+
+def tokenizer():
+    vocab = {w: i for i, w in enumerate(["<pad>", "<bos>", "<eos>", "a", "b", "c", "d", "e"])}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>"
+    )
+
+
+def test_length_overlong_and_weighted_sum():
+    np.testing.assert_allclose(rewards.length_penalty(0.5)(*BATCH), [-1.0, -2.0])
+    np.testing.assert_allclose(rewards.overlong(max_length=4, buffer=2)(*BATCH), [0.0, -1.0])
+    combined = rewards.weighted_sum(
+        [(2.0, rewards.length_penalty(1.0)), (1.0, rewards.overlong(4, 2))]
+    )
+    np.testing.assert_allclose(jax.jit(combined)(*BATCH), [-4.0, -9.0])
+
+
+def test_verifier_runs_on_text_inside_jit():
+    seen = []
+
+    def check(prompts, responses):
+        seen.append((prompts, responses))
+        return [float(r == "b") for r in responses]
+
+    fn = jax.jit(rewards.verifier(check, tokenizer()))
+    np.testing.assert_allclose(fn(*BATCH), [1.0, 0.0])
+    assert seen[-1] == (["a b", "c d e"], ["b", "a a a a"])
+
+
+def test_reward_model_source_sees_prompt_then_response():
+    def apply_fn(params, ids, mask):
+        return params * jnp.sum(ids * mask, axis=-1).astype(jnp.float32)
+
+    fn = rewards.reward_model(apply_fn, jnp.float32(0.5))
+    np.testing.assert_allclose(fn(*BATCH), [0.5 * (3 + 4 + 4 + 2), 0.5 * (5 + 6 + 7 + 12)])
+    ensemble = rewards.reward_model(
+        lambda p, ids, mask: jnp.stack([apply_fn(p, ids, mask), -apply_fn(p, ids, mask)], -1),
+        jnp.float32(1.0),
+        aggregation="wco",
+    )
+    np.testing.assert_allclose(ensemble(*BATCH), [-13.0, -30.0])
+
+
+def test_running_normalization_matches_numpy():
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(3.0, 2.0, n).astype(np.float32) for n in (5, 17, 8)]
+    stats = rewards.RunningStats.create()
+    for chunk in chunks:
+        stats, normalized = rewards.normalize(stats, jnp.asarray(chunk))
+    everything = np.concatenate(chunks)
+    np.testing.assert_allclose(stats.count, 30)
+    np.testing.assert_allclose(stats.mean, everything.mean(), rtol=1e-5)
+    np.testing.assert_allclose(stats.variance, everything.var(ddof=1), rtol=1e-4)
+    np.testing.assert_allclose(
+        normalized, (chunks[-1] - everything.mean()) / everything.std(ddof=1), rtol=1e-4
+    )
