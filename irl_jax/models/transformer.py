@@ -181,7 +181,7 @@ class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, rope, mask, layer_cache, cache_index):
+    def __call__(self, x, rope, mask, cache, layer, cache_index):
         cfg = self.config
         heads, kv_heads, head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         if cfg.is_gpt2:
@@ -220,12 +220,16 @@ class Attention(nn.Module):
         k = constrain(k, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
         v = constrain(v, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
 
-        new_cache = None
-        if layer_cache is not None:
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(layer_cache.k, k.astype(layer_cache.k.dtype), start)
-            v = jax.lax.dynamic_update_slice(layer_cache.v, v.astype(layer_cache.v.dtype), start)
-            new_cache = KVCache(k, v)
+        if cache is not None:
+            # Write this layer's new keys/values into the stacked cache in place (no copy of
+            # the other layers), then attend over this layer's slots.
+            start = (layer, 0, cache_index, 0, 0)
+            cache = KVCache(
+                jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start),
+                jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start),
+            )
+            k = jax.lax.dynamic_index_in_dim(cache.k, layer, keepdims=False)
+            v = jax.lax.dynamic_index_in_dim(cache.v, layer, keepdims=False)
 
         batch, length = q.shape[:2]
         groups = heads // kv_heads
@@ -245,7 +249,7 @@ class Attention(nn.Module):
             name="o",
             axis=(-2, -1),
         )(out)
-        return out, new_cache
+        return out, cache
 
 
 class Mlp(nn.Module):
@@ -272,21 +276,21 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm decoder block; signature ``(x, layer_cache, rope, mask, cache_index)`` so that it
-    can be scanned over layers (``x`` is the carry, ``layer_cache`` the scanned input)."""
+    """Pre-norm decoder block. The carry ``(x, cache, layer)`` holds the activations, the stacked
+    KV cache of all layers (or None) and this block's layer index, so that the blocks can be
+    scanned over layers and the cache updated in place."""
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, layer_cache, rope, mask, cache_index):
+    def __call__(self, carry, rope, mask, cache_index):
+        x, cache, layer = carry
         h = _norm(self.config, "attn_norm")(x)
-        h, layer_cache = Attention(self.config, name="attn")(
-            h, rope, mask, layer_cache, cache_index
-        )
+        h, cache = Attention(self.config, name="attn")(h, rope, mask, cache, layer, cache_index)
         x = x + h
         x = x + Mlp(self.config, name="mlp")(_norm(self.config, "mlp_norm")(x))
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
-        return x, layer_cache
+        return (x, cache, layer + 1), None
 
 
 class Transformer(nn.Module):
@@ -355,26 +359,21 @@ class Transformer(nn.Module):
         mask = causal_mask(attention_mask, query_slots, cfg.sliding_window)
 
         block = nn.remat(Block, prevent_cse=not cfg.scan_layers) if cfg.remat else Block
+        carry = (x, cache, jnp.int32(0))
         if cfg.scan_layers:
             stack = nn.scan(
                 block,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, cache = stack(cfg, name="layers")(x, cache, rope, mask, cache_index)
+            carry, _ = stack(cfg, name="layers")(carry, rope, mask, cache_index)
         else:
-            new_layers = []
             for i in range(cfg.num_layers):
-                layer_cache = None if cache is None else KVCache(cache.k[i], cache.v[i])
-                x, layer_cache = block(cfg, name=f"layer_{i}")(
-                    x, layer_cache, rope, mask, cache_index
-                )
-                new_layers.append(layer_cache)
-            if cache is not None:
-                cache = KVCache(*(jnp.stack(parts) for parts in zip(*new_layers)))
+                carry, _ = block(cfg, name=f"layer_{i}")(carry, rope, mask, cache_index)
+        x, cache, _ = carry
 
         x = _norm(cfg, "final_norm")(x)
         logits = None
