@@ -1,0 +1,177 @@
+"""Gold rewards of the synthetic tasks: hand values, ids vs text paths, jit, step labels."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from irl_jax.tasks import TASKS, ArithmeticTask, get_task, vocab
+
+EOS = vocab.EOS_ID
+
+
+def pad_batch(prompts, responses, *, eos=True, prompt_len=20, response_len=48, extra=0):
+    """Left-padded prompt ids/mask and right-padded response ids/mask; ``extra`` adds that many
+    more pad columns on both sides (the result must not change)."""
+    p_len, r_len = prompt_len + extra, response_len + extra
+    p_ids = np.zeros((len(prompts), p_len), np.int32)
+    r_ids = np.zeros((len(prompts), r_len), np.int32)
+    p_mask, r_mask = np.zeros_like(p_ids), np.zeros_like(r_ids)
+    for i, (p, r) in enumerate(zip(vocab.encode(prompts), vocab.encode(responses))):
+        assert len(p) <= prompt_len
+        r = (r + [EOS] * eos)[:response_len]
+        p_ids[i, p_len - len(p) :], p_mask[i, p_len - len(p) :] = p, 1
+        r_ids[i, : len(r)], r_mask[i, : len(r)] = r, 1
+    return p_ids, p_mask, r_ids, r_mask
+
+
+def both_paths(task, prompts, responses, **kw):
+    ids = np.asarray(jax.jit(task.gold_reward)(*pad_batch(prompts, responses, **kw)))
+    text = task.gold_reward_text(prompts, responses)
+    np.testing.assert_allclose(ids, text, rtol=1e-6, atol=1e-6)
+    assert ids.dtype == text.dtype == np.float32
+    return text
+
+
+def mutate(text, rng, edits):
+    """Random insertions, deletions and substitutions of tokens (incl. eos, pad, ;, digits)."""
+    words = text.split()
+    extra = list(";+-=0123456789") + ["indeed", "<eos>", "<pad>", "zebra"]
+    for _ in range(edits):
+        pool = vocab.WORDS if rng.random() < 0.5 else extra
+        token, op = pool[rng.integers(len(pool))], rng.integers(3)
+        pos = int(rng.integers(len(words) + 1))
+        if op == 0 or not words:
+            words.insert(pos, token)
+        elif op == 1:
+            del words[min(pos, len(words) - 1)]
+        else:
+            words[min(pos, len(words) - 1)] = token
+    return " ".join(words)
+
+
+def test_get_task_names_the_valid_tasks():
+    assert sorted(TASKS) == ["arithmetic", "preference", "reasoning"]
+    assert get_task("preference") is TASKS["preference"]
+    with pytest.raises(ValueError, match=r"unknown task 'chess'.*arithmetic.*preference"):
+        get_task("chess")
+
+
+def test_arithmetic_gold_reward_hand_values():
+    task = get_task("arithmetic")
+    prompt = "3 7 + 4 5 ="  # 37 + 45 = 82
+    responses = ["8 2", "indeed 8 indeed 2", "8 3", "8 2 2", "", "2 8", "82", "8 2 <eos> 5"]
+    expected = [1, 1, 0, 0, 0, 0, 1, 1]
+    np.testing.assert_array_equal(both_paths(task, [prompt] * 8, responses), expected)
+    # Truncated (no eos): scored on its content like any other response.
+    np.testing.assert_array_equal(both_paths(task, [prompt] * 8, responses, eos=False), expected)
+    assert task.gold_reward_text(["37+45="], ["82"])[0] == 1.0
+
+    partial = ArithmeticTask(partial_credit=0.5)
+    got = both_paths(partial, [prompt] * 6, ["8 2", "8 3", "8 2 2", "", "2 8", "9 9 9 9"])
+    np.testing.assert_allclose(got, [1, 0.5 * 1 / 2, 0.5 * 2 / 3, 0, 0, 0], rtol=1e-6)
+
+
+def test_preference_gold_reward_hand_values():
+    task = get_task("preference")
+    length = lambda n: -0.03 * (n - 8) ** 2
+    cases = [
+        # on topic: soup +0.4, tasty +0.8, 5 content tokens
+        ("review the food", "the soup was tasty .", 1.2 + length(5)),
+        ("review the food", "the soup was tasty indeed .", 1.2 + length(5)),
+        # off topic: soup -0.4, tasty -0.3
+        ("rate the movie", "the soup was tasty .", -0.7 + length(5)),
+        # no topic in the prompt: topic words score 0
+        ("hello", "the soup was tasty .", length(5)),
+        # diminishing returns: g(2) = 1.5, g(3) = 1.75
+        ("rate the movie", "great great", 1.0 * 1.5 + length(2)),
+        ("rate the movie", "great great great bad", 1.75 - 0.8 + length(4)),
+        ("describe the movie", "the plot was great and very gripping .", 0.4 + 1.0 + 0.1 + 0.8),
+        ("describe the movie", "", length(0)),
+        ("describe the movie", "awful <eos> great great", -1.1 + length(1)),
+    ]
+    prompts, responses, expected = zip(*cases)
+    np.testing.assert_allclose(both_paths(task, prompts, responses), expected, rtol=1e-5)
+
+
+def test_reasoning_gold_reward_and_step_labels_hand_values():
+    task = get_task("reasoning")
+    prompt = "1 7 + 5 - 3 ="  # 17 + 5 - 3 = 19
+    cases = [
+        ("1 7 + 5 = 2 2 ; 2 2 - 3 = 1 9 ;", 1, [True, True]),
+        ("1 7 + 5 = 2 3 ; 2 3 - 3 = 2 0 ;", 0, [False, True]),  # right given the stated 23
+        ("1 7 + 5 = 2 2 ; 2 2 + 3 = 2 5 ;", 0, [True, False]),  # wrong operation
+        ("1 7 + 5 = 2 3 ; 2 2 - 3 = 1 9 ;", 1, [False, False]),  # 22 is not the stated 23
+        ("1 9", 1, []),
+        ("indeed 1 7 + 5 = 2 2 ; 2 2 - 3 = 1 9 ; 4 4 + 1 = 4 5 ;", 0, [True, True, False]),
+        ("1 7 + 5 = = 2 2 ; 2 2 - 3 = 1 9 ;", 1, [False, False]),  # malformed, no stated value
+    ]
+    responses, gold, labels = zip(*cases)
+    np.testing.assert_array_equal(both_paths(task, [prompt] * len(cases), responses), gold)
+    assert task.step_labels_text([prompt] * len(cases), list(responses)) == list(labels)
+
+    batch = pad_batch([prompt] * len(cases), responses)
+    boundary, step_labels = jax.jit(task.step_labels)(*batch)
+    for row, want in enumerate(labels):
+        (positions,) = np.nonzero(np.asarray(boundary[row]))
+        np.testing.assert_array_equal(batch[2][row, positions], vocab.VOCAB[";"])
+        assert np.asarray(step_labels[row])[positions].tolist() == want
+        assert not np.asarray(step_labels[row] & ~boundary[row]).any()
+    assert np.nonzero(np.asarray(boundary[0]))[0].tolist() == [7, 15]
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_ids_and_text_paths_agree_on_random_and_corrupted_batches(name):
+    task = get_task(name)
+    rng = np.random.default_rng(0)
+    prompts = task.prompts(600, 3)
+    responses = task.candidates(prompts, rng, expert_fraction=0.5)
+    responses = [mutate(r, rng, rng.integers(0, 3)) for r in responses]
+    prompts = [mutate(p, rng, 1) if rng.random() < 0.2 else p for p in prompts]
+    rewards = both_paths(task, prompts, responses)
+    assert len(np.unique(rewards)) > 1
+    both_paths(task, prompts, responses, eos=False)
+    if name == "reasoning":
+        boundary, labels = jax.jit(task.step_labels)(*pad_batch(prompts, responses))
+        text_labels = task.step_labels_text(prompts, responses)
+        for row, want in enumerate(text_labels):
+            got = np.asarray(labels[row])[np.asarray(boundary[row])].tolist()
+            assert got == want
+        assert 0 < sum(map(sum, text_labels)) < sum(map(len, text_labels))
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_gold_reward_jits_once_and_ignores_padding(name):
+    task = get_task(name)
+    demos = task.demonstrations(16, 5)
+    prompts, responses = demos["prompt"], demos["completion"]
+    reward = jax.jit(chex.assert_max_traces(task.gold_reward, n=1))
+    first = reward(*pad_batch(prompts, responses))
+    again = reward(*pad_batch(prompts[::-1], responses[::-1]))  # same shapes: no retrace
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(first)[::-1])
+    wider = jax.jit(task.gold_reward)(*pad_batch(prompts, responses, extra=7))
+    np.testing.assert_array_equal(np.asarray(wider), np.asarray(first))
+    # Ids beyond the task vocabulary (a larger model vocab) read as <unk>, like unknown words.
+    p_ids, p_mask, r_ids, r_mask = pad_batch(prompts, ["zebra"] * 16)
+    unknown = jax.jit(task.gold_reward)(p_ids, p_mask, np.where(r_ids == 3, 400, r_ids), r_mask)
+    np.testing.assert_allclose(
+        np.asarray(unknown), task.gold_reward_text(prompts, ["zebra"] * 16), rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_style_token_is_invisible_to_the_gold_reward(name):
+    task = get_task(name)
+    rng = np.random.default_rng(1)
+    prompts = task.prompts(300, 2)
+    responses = task.candidates(prompts, rng, expert_fraction=0.5)
+    styled = []
+    for r in responses:
+        words = r.split()
+        for _ in range(rng.integers(1, 4)):
+            words.insert(int(rng.integers(len(words) + 1)), vocab.STYLE_TOKEN)
+        styled.append(" ".join(words))
+    plain = [" ".join(w for w in r.split() if w != vocab.STYLE_TOKEN) for r in responses]
+    np.testing.assert_array_equal(
+        both_paths(task, prompts, styled), both_paths(task, prompts, plain)
+    )
