@@ -6,6 +6,7 @@ Flags: ``--workdir=DIR`` (default ``runs/NAME``) and config overrides such as
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 
 from absl import app, flags, logging
@@ -23,9 +24,15 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flag_as_required("config")
 
 
+def _quiet_orbax(record) -> bool:
+    """Keeps orbax's per-save INFO chatter out of the log (its warnings still show)."""
+    return "orbax" not in record.pathname or record.levelno >= pylogging.WARNING
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_quiet_orbax)
     from irl_jax import algorithms, sharding
     from irl_jax.config import ConfigError, validate_config
 

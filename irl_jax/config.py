@@ -9,21 +9,10 @@ few fields. Canonical fields: ``seed``, ``num_steps``, ``batch_size``, ``mesh_sh
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import ml_collections
 
 from irl_jax.models.config import PRESETS
-
-# Algorithm name -> () -> its default option section (None: no options).
-_ALGORITHM_SECTIONS: dict[str, Callable[[], ml_collections.ConfigDict] | None] = {"sft": None}
-
-
-def register_algorithm_section(
-    name: str, default: Callable[[], ml_collections.ConfigDict] | None
-) -> None:
-    """Declares an algorithm's option section (called by ``irl_jax.algorithms``)."""
-    _ALGORITHM_SECTIONS[name] = default
 
 
 def base_config(algorithm: str = "sft") -> ml_collections.ConfigDict:
@@ -88,9 +77,11 @@ def base_config(algorithm: str = "sft") -> ml_collections.ConfigDict:
             "frozen": (),
         }
     )
-    default = _ALGORITHM_SECTIONS.get(algorithm)
-    if default is not None:
-        c[algorithm] = default()
+    from irl_jax import algorithms
+
+    section = algorithms.default_section(algorithm)
+    if section is not None:
+        c[algorithm] = section
     return c
 
 
@@ -126,12 +117,13 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
     """
     import jax
 
+    from irl_jax import algorithms
     from irl_jax import sharding as sharding_lib
 
-    if config.get("algorithm") not in _ALGORITHM_SECTIONS:
+    if config.get("algorithm") not in algorithms.MODULES:
         raise ConfigError(
             f"config.algorithm={config.get('algorithm')!r}; expected one of "
-            f"{sorted(_ALGORITHM_SECTIONS)}"
+            f"{sorted(algorithms.MODULES)}"
         )
     _check_keys(config, base_config(config.algorithm), "")
     _require(config.num_steps > 0, "num_steps", f"must be positive, got {config.num_steps}")
