@@ -62,6 +62,17 @@ def base_config(algorithm: str = "sft") -> ml_collections.ConfigDict:
             "seed": 0,
         }
     )
+    # Policy evaluation (algorithms that produce a policy): samples on held-out prompts scored
+    # by the gold reward (synthetic tasks) and learned rewards, KL to the reference, win rate.
+    c.policy_eval = ml_collections.ConfigDict(
+        {
+            "num_prompts": 256,
+            "max_new_tokens": 24,
+            "temperature": 1.0,
+            "batch_size": 128,
+            "num_samples_to_log": 4,
+        }
+    )
     c.optimizer = ml_collections.ConfigDict(
         {
             "name": "adamw",

@@ -86,9 +86,7 @@ def policy_init(
     source = model_source(config)
     params = None
     if source:
-        _, params = hf_lib.load_pretrained(
-            source, mesh=mesh, scan_layers=cfg.scan_layers, **_overrides(config)
-        )
+        _, params = hf_lib.load_pretrained(source, mesh=mesh, **_overrides(config))
         logging.info("loaded %s weights from %s", cfg.architecture, source)
     return init_fn, params
 
@@ -126,3 +124,71 @@ def export(workdir: str, cfg: ModelConfig, params: Any, tokenizer: Any) -> str:
         hf_lib.save_pretrained(path, cfg, jax.device_get(params), tokenizer=tokenizer)
         logging.info("exported the final model to %s", path)
     return path
+
+
+def prompt_arrays(
+    config: ml_collections.ConfigDict, tokenizer: Any, num: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Left-padded ``prompt_ids``/``prompt_mask`` ``[num, P]`` from the synthetic task's prompt
+    generator (or the first ``num`` prompts of ``data.eval_path`` / ``data.path``)."""
+    from irl_jax.data import load_and_tokenize
+
+    task = task_or_none(config)
+    if task is None:
+        source = config.data.eval_path or config.data.path
+    else:
+        source = [{"prompt": p} for p in task.prompts(num, seed)]
+    arrays, _ = load_and_tokenize(
+        source,
+        tokenizer,
+        "prompt",
+        config.data.max_length,
+        max_prompt_length=config.data.max_prompt_length or None,
+        column_map=dict(config.data.column_map) or None,
+    )
+    return {k: v[:num] for k, v in arrays.items()}
+
+
+def gold_reward_fns(config: ml_collections.ConfigDict) -> dict[str, Callable]:
+    """``{"gold": task.gold_reward}`` on a synthetic task, else ``{}`` (no known truth)."""
+    task = task_or_none(config)
+    return {} if task is None else {"gold": task.gold_reward}
+
+
+def policy_evaluator(
+    config: ml_collections.ConfigDict,
+    cfg: ModelConfig,
+    tokenizer: Any,
+    ref_params: Any,
+    mesh: jax.sharding.Mesh,
+    reward_fns: dict[str, Callable] | None = None,
+) -> Callable[[Any], tuple[dict[str, float], list[dict[str, Any]]]]:
+    """``params -> (metrics, samples)``: the policy vs the reference on ``config.policy_eval``
+    held-out prompts (gold reward, learned rewards, KL, win rate) via ``evaluate_policy``."""
+    from irl_jax.evaluation import evaluate_policy
+
+    settings = config.policy_eval
+    prompts = prompt_arrays(config, tokenizer, settings.num_prompts, config.data.seed + 7)
+    fns = {**gold_reward_fns(config), **(reward_fns or {})}
+    batch_size = min(settings.batch_size, len(prompts["prompt_ids"]))
+    data = sharding_lib.batch_sharding(mesh)
+
+    def evaluate(params):
+        with jax.set_mesh(mesh):
+            return evaluate_policy(
+                cfg,
+                params,
+                ref_params,
+                prompts["prompt_ids"],
+                prompts["prompt_mask"],
+                reward_fns=fns,
+                rng=jax.random.key(config.seed + 11),
+                max_new_tokens=settings.max_new_tokens,
+                temperature=settings.temperature,
+                tokenizer=tokenizer,
+                num_samples_to_log=settings.num_samples_to_log,
+                batch_size=batch_size,
+                data_sharding=data,
+            )
+
+    return evaluate
