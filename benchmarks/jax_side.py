@@ -1,0 +1,107 @@
+"""irl_jax side of the throughput benchmark."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from irl_jax import sharding
+from irl_jax.algorithms import sft
+from irl_jax.models import ModelConfig, Transformer, preset
+from irl_jax.train import create_train_state, make_optimizer, make_train_step
+
+
+def model_config(size) -> ModelConfig:
+    return preset(
+        "gpt2-tiny",
+        vocab_size=size.vocab,
+        hidden_size=size.hidden,
+        num_layers=size.layers,
+        num_heads=size.heads,
+        num_kv_heads=size.heads,
+        head_dim=size.hidden // size.heads,
+        intermediate_size=4 * size.hidden,
+        max_position_embeddings=size.positions,
+        eos_token_ids=(),
+        pad_token_id=0,
+    )
+
+
+def _flops(compiled) -> float:
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, list | tuple):
+        analysis = analysis[0]
+    return float(analysis["flops"])
+
+
+def time_train_step(cfg, loss_fn, batch, repeats: int) -> dict[str, float]:
+    """Tokens/s and FLOP/s of one jitted AdamW step of ``loss_fn`` on ``batch``."""
+    from benchmarks.timing import median_seconds
+
+    mesh = sharding.make_mesh({"data": -1})
+    model = Transformer(cfg)
+    ids = jnp.zeros((1, 2), jnp.int32)
+    init = lambda: model.init(jax.random.key(0), ids, jnp.ones_like(ids))["params"]
+    optimizer, _ = make_optimizer(num_steps=1000, learning_rate=1e-4, max_grad_norm=1.0)
+    state, shardings = create_train_state(init, optimizer, mesh, seed=0)
+    step = make_train_step(loss_fn, optimizer, shardings, mesh)
+    data = sharding.batch_sharding(mesh)
+    batch = {k: jax.device_put(v, data) for k, v in batch.items()}
+    flops = _flops(step.lower(state, batch, None).compile())
+    holder = {"state": state}
+
+    def one_step():
+        holder["state"], metrics = step(holder["state"], batch, None)
+        metrics["loss"].block_until_ready()
+
+    seconds = median_seconds(one_step, repeats, warmup=2)
+    tokens = batch["input_ids"].size
+    return {"tokens_per_s": tokens / seconds, "flops_per_s": flops / seconds}
+
+
+def sft_batch(size, workload, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shape = (workload.batch, workload.train_length)
+    ids = rng.integers(1, size.vocab, shape).astype(np.int32)
+    mask = np.ones(shape, np.int32)
+    return {"input_ids": ids, "attention_mask": mask, "loss_mask": mask}
+
+
+def time_sampler(cfg, workload, repeats: int) -> float:
+    """New tokens/s of ``irl_jax.sampling.sample`` at T = 1 with no early stop."""
+    from benchmarks.timing import median_seconds
+    from irl_jax.sampling import sample
+
+    model = Transformer(cfg)
+    rng = np.random.default_rng(0)
+    prompt_ids = rng.integers(1, cfg.vocab_size, (workload.batch, workload.prompt)).astype(np.int32)
+    prompt_mask = np.ones_like(prompt_ids)
+    params = model.init(jax.random.key(0), prompt_ids[:, :2], prompt_mask[:, :2])["params"]
+    params = sharding.unbox(params)
+    keys = iter(jax.random.split(jax.random.key(1), repeats + 4))
+
+    def generate():
+        out = sample(
+            cfg,
+            params,
+            prompt_ids,
+            prompt_mask,
+            rng=next(keys),
+            max_new_tokens=workload.new_tokens,
+            temperature=1.0,
+            eos_ids=(),
+        )
+        out.response_ids.block_until_ready()
+
+    seconds = median_seconds(generate, repeats, warmup=2)
+    return workload.batch * workload.new_tokens / seconds
+
+
+def measure(size, workload, repeats: int) -> dict[str, float]:
+    cfg = model_config(size)
+    results = {"sampler_new_tokens_per_s": time_sampler(cfg, workload, repeats)}
+    sft_result = time_train_step(cfg, sft.make_loss_fn(cfg), sft_batch(size, workload), repeats)
+    results["sft_step_tokens_per_s"] = sft_result["tokens_per_s"]
+    results["sft_step_flops_per_s"] = sft_result["flops_per_s"]
+    return results
