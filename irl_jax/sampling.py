@@ -43,7 +43,7 @@ from irl_jax.models.transformer import KVCache, Transformer, init_cache, positio
 from irl_jax.objectives.logprobs import next_token_logprobs, token_logprobs
 from irl_jax.sharding import constrain
 
-_CACHE_AXES = ("layers", "act_batch", "act_length", "act_kv_heads", "act_head_dim")
+_CACHE_AXES = ("layers", "act_batch", "act_kv_heads", "act_length", "act_head_dim")
 _BATCH_AXES = ("act_batch", None)
 
 
@@ -136,6 +136,20 @@ def filter_logits(
     return jnp.where(scaled_logits >= threshold[:, None], scaled_logits, -jnp.inf)
 
 
+def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """One draw per row from softmax(logits) ``[B, V]`` by inverse-CDF sampling.
+
+    Exact like ``jax.random.categorical`` but needs one uniform per row instead of V Gumbel
+    variates — on CPU the Gumbel noise costs more than a small model's whole decode step.
+    Entries with zero probability (``-inf`` logits) are never drawn: the CDF is flat there.
+    """
+    probs = jax.nn.softmax(logits, axis=-1)
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = jax.random.uniform(key, (logits.shape[0], 1), jnp.float32) * cdf[:, -1:]
+    token = jnp.sum((cdf <= u).astype(jnp.int32), axis=-1)
+    return jnp.minimum(token, logits.shape[-1] - 1)
+
+
 def _select(logits, key, temperature, top_p, *, top_k, use_top_p, greedy):
     """Next token ``[B]`` and its (unfiltered, sampling) log-probs from logits ``[B, V]``."""
     response_logps = None
@@ -145,7 +159,7 @@ def _select(logits, key, temperature, top_p, *, top_k, use_top_p, greedy):
     else:
         scaled = logits / temperature
         filtered = filter_logits(scaled, top_k, top_p, use_top_p)
-        token = jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+        token = categorical(key, filtered)
         sampling_logps = token_logprobs(filtered, token)
         if top_k == 0 and not use_top_p:  # nothing filtered: the two log-probs coincide
             response_logps = sampling_logps

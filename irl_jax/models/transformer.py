@@ -26,7 +26,10 @@ _INIT_STD = 0.02
 
 
 class KVCache(NamedTuple):
-    """Keys and values of every layer, ``[L, B, S, K, hd]``; slot s holds token s of the stream.
+    """Keys and values of every layer, ``[L, B, K, S, hd]``; slot s holds token s of the stream.
+
+    Heads come before slots so that a layer's ``[B, K, S, hd]`` block feeds the attention
+    matmuls without a transpose.
 
     The slot index is shared by all rows; each row's *position* (for RoPE / learned positions) is
     tracked separately by the caller.
@@ -47,7 +50,7 @@ class TransformerOutput(NamedTuple):
 
 def init_cache(config: ModelConfig, batch_size: int, max_length: int) -> KVCache:
     """An empty (zeros) KV cache of ``max_length`` slots in the compute dtype."""
-    shape = (config.num_layers, batch_size, max_length, config.num_kv_heads, config.head_dim)
+    shape = (config.num_layers, batch_size, config.num_kv_heads, max_length, config.head_dim)
     zeros = jnp.zeros(shape, config.compute_dtype)
     return KVCache(zeros, zeros)
 
@@ -217,13 +220,18 @@ class Attention(nn.Module):
             )(x)
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q = constrain(q, ("act_batch", "act_length", "act_heads", "act_head_dim"))
-        k = constrain(k, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
-        v = constrain(v, ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
+        # Keys and values as [B, K, S, hd] (the cache layout).
+        k = constrain(
+            k.transpose(0, 2, 1, 3), ("act_batch", "act_kv_heads", "act_length", "act_head_dim")
+        )
+        v = constrain(
+            v.transpose(0, 2, 1, 3), ("act_batch", "act_kv_heads", "act_length", "act_head_dim")
+        )
 
         if cache is not None:
             # Write this layer's new keys/values into the stacked cache in place (no copy of
             # the other layers), then attend over this layer's slots.
-            start = (layer, 0, cache_index, 0, 0)
+            start = (layer, 0, 0, cache_index, 0)
             cache = KVCache(
                 jax.lax.dynamic_update_slice(cache.k, k[None].astype(cache.k.dtype), start),
                 jax.lax.dynamic_update_slice(cache.v, v[None].astype(cache.v.dtype), start),
@@ -235,11 +243,11 @@ class Attention(nn.Module):
         groups = heads // kv_heads
         q = q.reshape(batch, length, kv_heads, groups, head_dim)
         scores = jnp.einsum(
-            "btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32
+            "btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32
         ) / np.sqrt(head_dim).astype(np.float32)
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(batch, length, heads, head_dim)
+        out = jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(batch, length, heads, head_dim)
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
         out = _dense(
             cfg,
