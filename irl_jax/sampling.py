@@ -32,6 +32,7 @@ logit (as Hugging Face's ``TopKLogitsWarper`` does), so exact ties at the bounda
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -136,18 +137,38 @@ def filter_logits(
     return jnp.where(scaled_logits >= threshold[:, None], scaled_logits, -jnp.inf)
 
 
+def _last_positive(weights: jax.Array) -> jax.Array:
+    """Index of the last entry > 0 along the last axis."""
+    size = weights.shape[-1]
+    return size - 1 - jnp.argmax(jnp.flip(weights > 0, axis=-1), axis=-1)
+
+
 def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
-    """One draw per row from softmax(logits) ``[B, V]`` by inverse-CDF sampling.
+    """One draw per row from softmax(logits) ``[B, V]`` by two-level inverse-CDF sampling.
 
     Exact like ``jax.random.categorical`` but needs one uniform per row instead of V Gumbel
-    variates — on CPU the Gumbel noise costs more than a small model's whole decode step.
-    Entries with zero probability (``-inf`` logits) are never drawn: the CDF is flat there.
+    variates, and replaces one length-V prefix sum by two of length ~√V (a block, then a token
+    inside it) — on CPU both the Gumbel noise and the long scan cost more than a small model's
+    decode step. Zero-probability (``-inf``) entries are never drawn: the CDF is flat there, and
+    rounding at the top end is clamped to the last entry with positive mass.
     """
-    probs = jax.nn.softmax(logits, axis=-1)
-    cdf = jnp.cumsum(probs, axis=-1)
-    u = jax.random.uniform(key, (logits.shape[0], 1), jnp.float32) * cdf[:, -1:]
-    token = jnp.sum((cdf <= u).astype(jnp.int32), axis=-1)
-    return jnp.minimum(token, logits.shape[-1] - 1)
+    batch, vocab = logits.shape
+    block = math.ceil(math.sqrt(vocab))
+    num_blocks = math.ceil(vocab / block)
+    weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    weights = jnp.pad(weights, ((0, 0), (0, num_blocks * block - vocab)))
+    weights = weights.reshape(batch, num_blocks, block)
+    block_mass = weights.sum(axis=-1)
+    block_cdf = jnp.cumsum(block_mass, axis=-1)
+    u = jax.random.uniform(key, (batch,), jnp.float32) * block_cdf[:, -1]
+    chosen = jnp.sum((block_cdf <= u[:, None]).astype(jnp.int32), axis=-1)
+    chosen = jnp.minimum(chosen, _last_positive(block_mass))
+    inner = jnp.take_along_axis(weights, chosen[:, None, None], axis=1)[:, 0]
+    before = jnp.take_along_axis(block_cdf - block_mass, chosen[:, None], axis=-1)[:, 0]
+    inner_cdf = jnp.cumsum(inner, axis=-1)
+    offset = jnp.sum((inner_cdf <= (u - before)[:, None]).astype(jnp.int32), axis=-1)
+    offset = jnp.minimum(offset, _last_positive(inner))
+    return chosen * block + offset
 
 
 def _select(logits, key, temperature, top_p, *, top_k, use_top_p, greedy):
