@@ -123,12 +123,12 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 def causal_mask(
     key_mask: jax.Array, query_slots: jax.Array, sliding_window: int | None
 ) -> jax.Array:
-    """Boolean mask ``[B, 1, 1, T, S]``: key is valid, causal by slot, inside the window."""
+    """Boolean mask ``[B, 1, T, S]``: key is valid, causal by slot, inside the window."""
     key_slots = jnp.arange(key_mask.shape[-1])
     allowed = key_slots[None, :] <= query_slots[:, None]
     if sliding_window is not None:
         allowed &= key_slots[None, :] > query_slots[:, None] - sliding_window
-    return key_mask.astype(bool)[:, None, None, None, :] & allowed[None, None, None]
+    return key_mask.astype(bool)[:, None, None, :] & allowed[None, None]
 
 
 class RMSNorm(nn.Module):
@@ -241,13 +241,20 @@ class Attention(nn.Module):
 
         batch, length = q.shape[:2]
         groups = heads // kv_heads
-        q = q.reshape(batch, length, kv_heads, groups, head_dim)
-        scores = jnp.einsum(
-            "btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32
-        ) / np.sqrt(head_dim).astype(np.float32)
+        # Queries as [B, K, G·T, hd] (head h = k·G + g, row m = g·T + t): one batched matmul per
+        # KV head, which XLA runs faster than a separate group axis.
+        q = q.reshape(batch, length, kv_heads, groups, head_dim).transpose(0, 2, 3, 1, 4)
+        q = q.reshape(batch, kv_heads, groups * length, head_dim)
+        scores = jnp.einsum("bkmd,bksd->bkms", q, k, preferred_element_type=jnp.float32) / np.sqrt(
+            head_dim
+        ).astype(np.float32)
+        if groups > 1:
+            mask = jnp.tile(mask, (1, 1, groups, 1))
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-        out = jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(batch, length, heads, head_dim)
+        out = jnp.einsum("bkms,bksd->bkmd", probs, v)
+        out = out.reshape(batch, kv_heads, groups, length, head_dim).transpose(0, 3, 1, 2, 4)
+        out = out.reshape(batch, length, heads, head_dim)
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
         out = _dense(
             cfg,

@@ -27,9 +27,13 @@ def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1
 def next_token_logprobs(
     logits: jax.Array, input_ids: jax.Array, temperature: float = 1.0
 ) -> jax.Array:
-    """``[B, T, V], [B, T] -> [B, T]``: entry t = log π(x_t | x_<t); entry 0 is 0."""
-    logps = token_logprobs(logits[:, :-1], input_ids[:, 1:], temperature)
-    return jnp.pad(logps, ((0, 0), (1, 0)))
+    """``[B, T, V], [B, T] -> [B, T]``: entry t = log π(x_t | x_<t); entry 0 is 0.
+
+    Scores every position against the next token and shifts the small ``[B, T]`` result, rather
+    than slicing the ``[B, T, V]`` logits (whose gradient would then be padded back: a copy).
+    """
+    logps = token_logprobs(logits, jnp.roll(input_ids, -1, axis=1), temperature)
+    return jnp.pad(logps[:, :-1], ((0, 0), (1, 0)))
 
 
 def masked_sum(x: jax.Array, mask: jax.Array, axis: int | None = -1) -> jax.Array:
@@ -56,4 +60,4 @@ def token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
 
 def next_token_entropy(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
     """``[B, T, V] -> [B, T]``: entry t = entropy of π(· | x_<t) (aligned like log-probs)."""
-    return jnp.pad(token_entropy(logits[:, :-1], temperature), ((0, 0), (1, 0)))
+    return jnp.pad(token_entropy(logits, temperature)[:, :-1], ((0, 0), (1, 0)))
