@@ -205,7 +205,12 @@ def initialize_distributed(
     num_processes: int | None = None,
     process_id: int | None = None,
 ) -> None:
-    """Multi-host init (``jax.distributed``); a no-op for a single process without arguments."""
+    """Multi-host init (``jax.distributed``); a no-op for a single process without arguments.
+
+    On CPU the cross-process collectives go through gloo.
+    """
     if coordinator_address is None and num_processes is None:
         return
+    if jax.config.jax_platforms in (None, "", "cpu"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address, num_processes, process_id)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from irl_jax import sharding as sharding_lib
 from irl_jax.data.iterator import eval_batches
@@ -120,8 +121,10 @@ def evaluate_sums(
 def export(workdir: str, cfg: ModelConfig, params: Any, tokenizer: Any) -> str:
     """Writes the final model as a Hugging Face directory ``WORKDIR/export`` (process 0)."""
     path = os.path.join(workdir, "export")
+    # Every process joins the gather (params may span hosts); process 0 writes.
+    host_params = multihost_utils.process_allgather(params, tiled=True)
     if jax.process_index() == 0:
-        hf_lib.save_pretrained(path, cfg, jax.device_get(params), tokenizer=tokenizer)
+        hf_lib.save_pretrained(path, cfg, host_params, tokenizer=tokenizer)
         logging.info("exported the final model to %s", path)
     return path
 
