@@ -22,6 +22,8 @@ from irl_jax.checkpoint import CheckpointManager
 from irl_jax.metrics import MetricsWriter, progress_bar
 from irl_jax.train.step import global_batch
 
+_MAX_IN_FLIGHT = 4
+
 
 class ResumableIterator(Protocol):
     """What the loop needs from a data source: batches and a restorable position."""
@@ -110,6 +112,10 @@ def train_loop(
             state, metrics = train_step(state, batch)
             step += 1
             window.append(metrics)
+            if len(window) > _MAX_IN_FLIGHT:
+                # Bound the steps dispatched ahead of the host: a deep queue of steps can starve
+                # XLA:CPU's collective rendezvous on many (fake) devices.
+                jax.block_until_ready(window[-_MAX_IN_FLIGHT - 1])
             bar.update(1)
             if step % log_every == 0 or step == num_steps:
                 averaged = _mean_metrics(window)
