@@ -130,15 +130,20 @@ def export(workdir: str, cfg: ModelConfig, params: Any, tokenizer: Any) -> str:
 
 
 def prompt_arrays(
-    config: ml_collections.ConfigDict, tokenizer: Any, num: int, seed: int
+    config: ml_collections.ConfigDict, tokenizer: Any, num: int, seed: int, split: str = "train"
 ) -> dict[str, np.ndarray]:
     """Left-padded ``prompt_ids``/``prompt_mask`` ``[num, P]`` from the synthetic task's prompt
-    generator (or the first ``num`` prompts of ``data.eval_path`` / ``data.path``)."""
+    generator, or the first ``num`` prompts of ``data.path`` (``split="train"``) /
+    ``data.eval_path`` (``split="eval"``, falling back to ``data.path``)."""
     from irl_jax.data import load_and_tokenize
 
     task = task_or_none(config)
     if task is None:
-        source = config.data.eval_path or config.data.path
+        source = (
+            config.data.eval_path
+            if split == "eval" and config.data.eval_path
+            else (config.data.path)
+        )
     else:
         source = [{"prompt": p} for p in task.prompts(num, seed)]
     arrays, _ = load_and_tokenize(
@@ -171,7 +176,9 @@ def policy_evaluator(
     from irl_jax.evaluation import evaluate_policy
 
     settings = config.policy_eval
-    prompts = prompt_arrays(config, tokenizer, settings.num_prompts, config.data.seed + 7)
+    prompts = prompt_arrays(
+        config, tokenizer, settings.num_prompts, config.data.seed + 7, split="eval"
+    )
     fns = {**gold_reward_fns(config), **(reward_fns or {})}
     batch_size = min(settings.batch_size, len(prompts["prompt_ids"]))
     data = sharding_lib.batch_sharding(mesh)
