@@ -36,6 +36,7 @@ from irl_jax.objectives import policy_gradient as pg
 from irl_jax.objectives.logprobs import masked_mean, next_token_entropy, next_token_logprobs
 from irl_jax.rewards import concat_prompt_response
 from irl_jax.train import TrainState, create_train_state, optimizer_from_config, train_loop
+from irl_jax.train.step import mean_over_microbatches, split_rows
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -196,11 +197,6 @@ def make_loss_fn(
     return loss_fn
 
 
-def _split(tree: Any, parts: int) -> Any:
-    """``[B, ...] -> [parts, B / parts, ...]`` for every leaf."""
-    return jax.tree.map(lambda x: x.reshape(parts, x.shape[0] // parts, *x.shape[1:]), tree)
-
-
 def _constrain_rows(tree: Any) -> Any:
     """Keeps a (mini)batch's rows sharded over ``('data', 'fsdp')``."""
     return jax.tree.map(
@@ -232,18 +228,9 @@ def make_update_fn(
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def gradients(params, minibatch):
-        if grad_accum_steps == 1:
-            return grad_fn(params, minibatch)
-
-        def accumulate(total, microbatch):
-            out = grad_fn(params, _constrain_rows(microbatch))
-            return jax.tree.map(jnp.add, total, out), None
-
-        micro = _split(minibatch, grad_accum_steps)
-        first = jax.tree.map(lambda x: x[0], micro)
-        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, first))
-        total, _ = jax.lax.scan(accumulate, zeros, micro)
-        return jax.tree.map(lambda x: x / grad_accum_steps, total)
+        return mean_over_microbatches(
+            lambda micro, _: grad_fn(params, _constrain_rows(micro)), minibatch, grad_accum_steps
+        )
 
     def update(state: TrainState, batch: rollout_lib.Rollout):
         shuffle_key = jax.random.fold_in(state.step_rng(), 1)
@@ -262,7 +249,7 @@ def make_update_fn(
                 size = batch.advantages.shape[0]
                 order = jax.random.permutation(jax.random.fold_in(shuffle_key, index), size)
                 rows = jax.tree.map(lambda x: x[order], batch)
-            return jax.lax.scan(minibatch_step, carry, _split(rows, num_minibatches))
+            return jax.lax.scan(minibatch_step, carry, split_rows(rows, num_minibatches))
 
         (params, opt_state), metrics = jax.lax.scan(
             epoch, (state.params, state.opt_state), jnp.arange(num_epochs)

@@ -18,13 +18,33 @@ from irl_jax.train.state import TrainState
 LossFn = Callable[[Any, Mapping[str, jax.Array], jax.Array, Any], tuple[jax.Array, dict]]
 
 
-def _split_microbatches(batch: Mapping[str, jax.Array], num: int) -> dict[str, jax.Array]:
-    def split(x):
-        if x.shape[0] % num:
-            raise ValueError(f"batch of {x.shape[0]} rows does not split into {num} microbatches")
-        return x.reshape(num, x.shape[0] // num, *x.shape[1:])
+def split_rows(tree: Any, parts: int) -> Any:
+    """``[B, ...] -> [parts, B / parts, ...]`` for every leaf (B must divide)."""
 
-    return {name: split(x) for name, x in batch.items()}
+    def split(x):
+        if x.shape[0] % parts:
+            raise ValueError(f"batch of {x.shape[0]} rows does not split into {parts} parts")
+        return x.reshape(parts, x.shape[0] // parts, *x.shape[1:])
+
+    return jax.tree.map(split, tree)
+
+
+def mean_over_microbatches(fn: Callable[[Any, jax.Array], Any], batch: Any, num: int) -> Any:
+    """Averages ``fn(microbatch, index)`` (any pytree of arrays, e.g. ``(loss, metrics),
+    grads``) over ``num`` equal row splits of ``batch``, in a ``lax.scan`` (gradient
+    accumulation: peak memory is one microbatch's)."""
+    if num == 1:
+        return fn(batch, jnp.int32(0))
+    micro = split_rows(batch, num)
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(fn, first, jnp.int32(0)))
+
+    def add(total, inputs):
+        index, microbatch = inputs
+        return jax.tree.map(jnp.add, total, fn(microbatch, index)), None
+
+    total, _ = jax.lax.scan(add, zeros, (jnp.arange(num), micro))
+    return jax.tree.map(lambda x: x / num, total)
 
 
 def make_train_step(
@@ -51,32 +71,11 @@ def make_train_step(
 
     def step(state: TrainState, batch: Mapping[str, jax.Array], frozen: Any):
         rng = state.step_rng()
-        if grad_accum_steps == 1:
-            (loss, metrics), grads = grad_fn(state.params, batch, rng, frozen)
-        else:
-            micro = _split_microbatches(batch, grad_accum_steps)
-
-            def accumulate(carry, inputs):
-                index, microbatch = inputs
-                (loss, metrics), grads = grad_fn(
-                    state.params, microbatch, jax.random.fold_in(rng, index), frozen
-                )
-                carry = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
-                return carry, None
-
-            zeros = jax.tree.map(
-                jnp.zeros_like,
-                jax.eval_shape(
-                    lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro), rng, frozen)
-                ),
-            )
-            zeros = (zeros[0][0], zeros[0][1], zeros[1])
-            (loss, metrics, grads), _ = jax.lax.scan(
-                accumulate, zeros, (jnp.arange(grad_accum_steps), micro)
-            )
-            loss, metrics, grads = jax.tree.map(
-                lambda x: x / grad_accum_steps, (loss, metrics, grads)
-            )
+        (loss, metrics), grads = mean_over_microbatches(
+            lambda micro, i: grad_fn(state.params, micro, jax.random.fold_in(rng, i), frozen),
+            batch,
+            grad_accum_steps,
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
