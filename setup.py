@@ -26,6 +26,6 @@ setup(
     ],
     extras_require={
         # torch only for parity tests and benchmarks; install torch==2.13.0 first (CPU wheel).
-        "test": ["pytest>=8", "torch>=2.4", "ruff>=0.6", "scipy>=1.11"],
+        "test": ["pytest>=8", "torch>=2.4", "ruff>=0.6", "scipy>=1.11", "matplotlib>=3.8"],
     },
 )

@@ -95,6 +95,17 @@ def test_reward_model_export_round_trip(tmp_path, family):
     np.testing.assert_allclose(expected, rewards, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("heads", [2, 3])
+def test_ensemble_reward_model_reloads_with_its_head_count(tmp_path, heads):
+    config = preset("llama-tiny", vocab_size=97)
+    ids, mask = padded_batch(np.random.default_rng(2), [6, 3], 6, "right")
+    params = _init(RewardModel(config, num_heads=heads), config, ids, mask)
+    out = save_pretrained(str(tmp_path / "rm"), config, params)
+    _, loaded = load_pretrained(out)
+    assert loaded["score"]["kernel"].shape == (config.hidden_size, heads)
+    np.testing.assert_array_equal(loaded["score"]["kernel"], params["score"]["kernel"])
+
+
 def test_export_saves_tokenizer(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
 

@@ -170,6 +170,10 @@ class _TensorReader:
     def names(self) -> set[str]:
         return set(self._files)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        with safe_open(self._files[name], framework="flax") as f:
+            return tuple(f.get_slice(name).get_shape())
+
     def get(self, name: str) -> np.ndarray:
         # framework="flax": the numpy backend cannot read bf16 tensors.
         with safe_open(self._files[name], framework="flax") as f:
@@ -220,9 +224,10 @@ def load_pretrained(
     config, kind = config_from_hf(
         hf, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers, **config_overrides
     )
-    num_labels = len(hf.get("id2label") or {}) or hf.get("num_labels", 1)
     reader = _TensorReader(path)
     names = reader.names()
+    # The score head's rows are the labels (config.json omits id2label for some counts).
+    num_labels = reader.shape("score.weight")[0] if "score.weight" in names else 1
     rules = _strip_gpt2_prefix(names, _rules(config, kind))
     missing = [r.hf for r in rules if r.hf not in names]
     if missing:
