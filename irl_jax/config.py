@@ -137,9 +137,6 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
             f"{sorted(algorithms.MODULES)}"
         )
     _check_keys(config, base_config(config.algorithm), "")
-    algorithm_checks = getattr(algorithms.module(config.algorithm), "validate_section", None)
-    if algorithm_checks is not None:
-        algorithm_checks(config)
     _require(config.num_steps > 0, "num_steps", f"must be positive, got {config.num_steps}")
     _require(config.batch_size > 0, "batch_size", f"must be positive, got {config.batch_size}")
     _require(
@@ -184,3 +181,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
             f"{config.data.task!r} is not a synthetic task ({sorted(TASKS)}) and data.path is "
             "empty",
         )
+    # The algorithm's own section (each module's ``validate(config)``).
+    algorithm_checks = getattr(algorithms.module(config.algorithm), "validate", None)
+    if algorithm_checks is not None:
+        algorithm_checks(config)

@@ -30,7 +30,7 @@ from absl import logging
 
 from irl_jax import sharding as sharding_lib
 from irl_jax.algorithms import common, reward_model
-from irl_jax.config import ConfigError
+from irl_jax.config import ConfigError, validate_config
 from irl_jax.data.iterator import BatchIterator
 from irl_jax.evaluation import reward as reward_eval
 from irl_jax.models import ModelConfig, Transformer
@@ -345,7 +345,7 @@ def make_evaluator(
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Embeds (or loads the cached embeddings), trains ``num_seeds`` heads at once through the
     shared loop; returns the final evaluation metrics."""
-    validate(config)
+    validate_config(config)
     settings = config.embedding_rm
     mesh = common.make_mesh(config)
     tokenizer = common.load_tokenizer(config)

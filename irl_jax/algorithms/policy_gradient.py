@@ -80,10 +80,9 @@ def _require(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"config.{field}: {message}")
 
 
-def validate(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
-    """``validate_config`` plus the ``policy_gradient`` section; raises ``ConfigError`` naming
-    the field."""
-    validate_config(config, device_count)
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the ``policy_gradient`` section (``validate_config`` calls this); raises
+    ``ConfigError`` naming the field."""
     s = config.policy_gradient
 
     def one_of(field: str, choices: tuple[str, ...]) -> None:
@@ -131,7 +130,7 @@ def validate(config: ml_collections.ConfigDict, device_count: int | None = None)
         f"dynamic_sampling needs oversample >= 2, got {s.oversample}",
     )
     rows = config.batch_size * s.group_size
-    mesh = sharding_lib.make_mesh(dict(config.mesh_shape), jax.devices()[: device_count or None])
+    mesh = sharding_lib.make_mesh(dict(config.mesh_shape))
     data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     parts = s.num_minibatches * config.grad_accum_steps
     _require(
@@ -335,7 +334,7 @@ def build(config: ml_collections.ConfigDict) -> Setup:
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs policy-gradient RL; returns the final policy evaluation (``eval/reward/gold_mean``
     ± stderr against the reference's ``eval/ref_reward/gold_mean``, KL, win rate)."""
-    validate(config)
+    validate_config(config)
     setup = build(config)
     evaluator = common.policy_evaluator(
         config, setup.model_config, setup.tokenizer, setup.ref_params, setup.mesh

@@ -31,7 +31,7 @@ import numpy as np
 
 from irl_jax import sharding as sharding_lib
 from irl_jax.algorithms import common
-from irl_jax.config import ConfigError
+from irl_jax.config import ConfigError, validate_config
 from irl_jax.data.iterator import BatchIterator
 from irl_jax.evaluation import reward as reward_eval
 from irl_jax.models import ModelConfig, Transformer
@@ -406,7 +406,7 @@ def make_evaluator(
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains the reward model; returns the final evaluation metrics."""
-    validate(config)
+    validate_config(config)
     settings = config.reward_model
     mesh = common.make_mesh(config)
     tokenizer = common.load_tokenizer(config)

@@ -9,6 +9,7 @@ import ml_collections
 
 from irl_jax import sharding as sharding_lib
 from irl_jax.algorithms import common
+from irl_jax.config import validate_config
 from irl_jax.data.iterator import BatchIterator
 from irl_jax.models import ModelConfig, Transformer
 from irl_jax.objectives.logprobs import next_token_logprobs
@@ -68,6 +69,7 @@ def load_data(config: ml_collections.ConfigDict, tokenizer: Any):
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs SFT; returns the final evaluation metrics."""
+    validate_config(config)
     mesh = common.make_mesh(config)
     tokenizer = common.load_tokenizer(config)
     cfg = common.model_config(config, tokenizer)

@@ -1,0 +1,225 @@
+"""SPIN, self-play fine-tuning (Chen et al. 2024; SURVEY §2), through the shared loop.
+
+Round k starts by setting the reference π_ref := π_θ (the previous iterate), kept in
+``state.extras["reference"]`` so that it is checkpointed and a resumed run continues the round
+exactly. Within the round every step samples, for its batch of demonstration prompts, one
+response y' ~ π_ref(· | x) (``fold_in(rng, step)``), and takes a DPO-family step with the
+demonstration y as the chosen and the model's own sample y' as the rejected response:
+
+    L = −log σ(β [log π(y|x)/π_ref(y|x) − log π(y'|x)/π_ref(y'|x)])      (loss "dpo")
+
+Drawing the round's synthetic responses batch by batch from the fixed π_ref gives the same
+distribution as generating them all at the round start, without storing them. The reference
+log-probs of both responses come from one forward of π_ref in the same jitted call as the
+sampling, and reach the loss as ``ref_*_logps`` columns (``direct``'s precomputed-reference
+path). Evaluation: held-out demonstration NLL (``eval/nll``, the quantity SPIN's fixed point
+minimizes) and ``common.policy_evaluator`` against the initial (SFT) policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+
+from irl_jax import sharding as sharding_lib
+from irl_jax.algorithms import common, direct, sft
+from irl_jax.config import ConfigError
+from irl_jax.data.iterator import BatchIterator
+from irl_jax.models import ModelConfig, Transformer
+from irl_jax.sampling import sample
+from irl_jax.train import create_train_state, make_train_step, optimizer_from_config, train_loop
+from irl_jax.train.state import TrainState
+
+LOSSES = ("dpo", "robust_dpo", "ipo", "hinge")  # the pairwise losses with a reference
+SEQUENCE = ("input_ids", "attention_mask", "loss_mask")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """``config.spin``: the pairwise loss, the round length and the sampling settings."""
+    c = direct.loss_options()
+    c.steps_per_round = 100  # π_ref := π_θ every this many steps
+    c.max_new_tokens = 24  # length budget of the sampled (rejected) responses
+    c.temperature = 1.0
+    return c
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks ``config.spin`` and the starting policy; raises ``ConfigError`` naming the field."""
+    section = config.spin
+    direct.validate_loss_options(section, "spin", LOSSES)
+    for field in ("steps_per_round", "max_new_tokens"):
+        if section[field] < 1:
+            raise ConfigError(f"config.spin.{field}: must be >= 1, got {section[field]}")
+    if not section.temperature > 0:
+        raise ConfigError(f"config.spin.temperature: must be > 0, got {section.temperature}")
+    direct.require_starting_policy(config)
+
+
+def set_reference(state: TrainState) -> TrainState:
+    """π_ref := π_θ: ``extras["reference"]`` becomes a copy of the params (own buffers)."""
+    reference = jax.tree.map(jnp.copy, state.params)
+    return state.replace(extras={**state.extras, "reference": reference})
+
+
+def with_reference(state: TrainState, shardings: TrainState) -> tuple[TrainState, TrainState]:
+    """The initial state with its reference, and the shardings with the reference's (those of
+    the params)."""
+    shardings = shardings.replace(extras={**shardings.extras, "reference": shardings.params})
+    return jax.jit(set_reference, out_shardings=shardings)(state), shardings
+
+
+def make_pairs_fn(cfg: ModelConfig, section: ml_collections.ConfigDict, length: int, pad_id: int):
+    """``(reference, batch, rng) -> pairs``: the demonstrations as chosen, a sample of the
+    reference on their prompts as rejected, and the reference log-probs of both."""
+    model = Transformer(cfg)
+
+    def make_pairs(reference, batch, rng):
+        output = sample(
+            cfg,
+            reference,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            rng=rng,
+            max_new_tokens=section.max_new_tokens,
+            temperature=section.temperature,
+        )
+        rejected = direct.join_prompt_response(
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            output.response_ids,
+            output.response_mask,
+            length,
+            pad_id,
+        )
+        pairs = {f"chosen_{k}": batch[k] for k in SEQUENCE}
+        pairs.update({f"rejected_{k}": v for k, v in rejected.items()})
+        ref_chosen, ref_rejected = direct.pair_logps(model, reference, pairs)
+        return {**pairs, "ref_chosen_logps": ref_chosen, "ref_rejected_logps": ref_rejected}
+
+    return make_pairs
+
+
+def make_spin_step(
+    cfg: ModelConfig,
+    section: ml_collections.ConfigDict,
+    optimizer,
+    shardings: TrainState,
+    mesh: jax.sharding.Mesh,
+    *,
+    length: int,
+    pad_id: int,
+    schedule=None,
+    grad_accum_steps: int = 1,
+):
+    """``train_step(state, batch) -> (state, metrics)`` for ``train_loop`` (a Python function:
+    new round → sample rejected responses → jitted DPO step). ``shardings`` must include
+    ``extras["reference"]`` (see ``with_reference``)."""
+    dpo_step = make_train_step(
+        direct.make_loss_fn(cfg, section),
+        optimizer,
+        shardings,
+        mesh,
+        schedule=schedule,
+        grad_accum_steps=grad_accum_steps,
+    )
+    data = sharding_lib.batch_sharding(mesh)
+    make_pairs = jax.jit(make_pairs_fn(cfg, section, length, pad_id), out_shardings=data)
+
+    start_round = jax.jit(set_reference, donate_argnums=0, out_shardings=shardings)
+
+    def train_step(state, batch):
+        step = int(state.step)
+        if step % section.steps_per_round == 0:
+            state = start_round(state)
+        rng = jax.random.fold_in(state.step_rng(), 1)  # the sampling stream of this step
+        with jax.set_mesh(mesh):
+            pairs = make_pairs(state.extras["reference"], batch, rng)
+        state, metrics = dpo_step(state, pairs, None)
+        rejected_tokens = pairs["rejected_loss_mask"].sum(-1).mean(dtype=jnp.float32)
+        return state, {**metrics, "rejected_tokens": rejected_tokens}
+
+    return train_step
+
+
+def load_data(config: ml_collections.ConfigDict, tokenizer: Any):
+    """``(train, eval)`` demonstration arrays; train also carries the left-padded prompts
+    ``prompt_ids``/``prompt_mask`` that the reference samples from."""
+    train_arrays, eval_arrays = sft.load_data(config, tokenizer)
+    parts = direct.split_prompt_response(train_arrays)
+    train_arrays.update(prompt_ids=parts["prompt_ids"], prompt_mask=parts["prompt_mask"])
+    return train_arrays, eval_arrays
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Runs SPIN; returns the final evaluation metrics."""
+    validate(config)
+    section = config.spin
+    mesh = common.make_mesh(config)
+    tokenizer = common.load_tokenizer(config)
+    cfg = common.model_config(config, tokenizer)
+    init_fn, params = common.policy_init(config, cfg, mesh)
+    train_arrays, eval_arrays = load_data(config, tokenizer)
+    length = config.data.max_length
+    if train_arrays["prompt_ids"].shape[1] + section.max_new_tokens > length:
+        logging.warning(
+            "longest prompt (%d) + spin.max_new_tokens (%d) > data.max_length (%d): long "
+            "samples are cut",
+            train_arrays["prompt_ids"].shape[1], section.max_new_tokens, length,
+        )  # fmt: skip
+    optimizer, schedule = optimizer_from_config(config.optimizer, config.num_steps)
+    state, shardings = create_train_state(init_fn, optimizer, mesh, seed=config.seed, params=params)
+    state, shardings = with_reference(state, shardings)
+    initial = direct.copy_params(state.params, shardings.params)  # the SFT policy, for eval
+    pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_ids[0]
+    train_step = make_spin_step(
+        cfg,
+        section,
+        optimizer,
+        shardings,
+        mesh,
+        length=length,
+        pad_id=pad_id,
+        schedule=schedule,
+        grad_accum_steps=config.grad_accum_steps,
+    )
+    eval_step = sft.make_eval_step(cfg, mesh, shardings.params)
+    policy_eval = common.policy_evaluator(config, cfg, tokenizer, initial, mesh)
+    final: dict[str, float] = {}
+    samples: list[dict[str, Any]] = []
+
+    def eval_fn(state) -> dict[str, float]:
+        sums = common.evaluate_sums(
+            eval_step, state.params, eval_arrays, config.eval_batch_size, mesh
+        )
+        metrics = {"eval/nll": sums["nll_sum"] / max(sums["tokens"], 1.0)}
+        policy_metrics, samples[:] = policy_eval(state.params)
+        metrics.update(policy_metrics)
+        final.update(metrics)
+        return metrics
+
+    state = train_loop(
+        state=state,
+        state_shardings=shardings,
+        train_step=train_step,
+        batches=BatchIterator(train_arrays, config.batch_size, seed=config.seed),
+        mesh=mesh,
+        workdir=workdir,
+        num_steps=config.num_steps,
+        config=config.to_dict(),
+        eval_fn=eval_fn,
+        eval_every=config.eval_every,
+        sample_fn=lambda state: list(samples),
+        log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every,
+        keep_checkpoints=config.keep_checkpoints,
+        description="spin",
+    )
+    if not final:
+        eval_fn(state)
+    if config.export:
+        common.export(workdir, cfg, state.params, tokenizer)
+    return final
