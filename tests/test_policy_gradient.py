@@ -17,7 +17,7 @@ from experiments.configs import grpo
 from irl_jax import sharding
 from irl_jax.algorithms import policy_gradient, sft
 from irl_jax.algorithms.rollout import Rollout
-from irl_jax.config import ConfigError
+from irl_jax.config import ConfigError, validate_config
 from irl_jax.metrics import read_metrics
 from irl_jax.models import Transformer, preset
 from irl_jax.sampling import teacher_forced_logprobs
@@ -209,7 +209,7 @@ def test_config_errors_name_the_field():
     def error(match, **section):
         config = rl_config(**section)
         with pytest.raises(ConfigError, match=match):
-            policy_gradient.validate(config)
+            validate_config(config)
 
     error(r"policy_gradient.estimator: 'ppo' not in", estimator="ppo")
     error(r"policy_gradient.group_size: must be >= 2, got 1", group_size=1)
@@ -224,8 +224,8 @@ def test_config_errors_name_the_field():
     config = rl_config()
     config.data.num_train = 3
     with pytest.raises(ConfigError, match="data.num_train: 3 prompts"):
-        policy_gradient.validate(config)
-    policy_gradient.validate(rl_config(estimator="reinforce", group_size=1))  # fine without groups
+        validate_config(config)
+    validate_config(rl_config(estimator="reinforce", group_size=1))  # fine without groups
 
 
 @pytest.fixture(scope="module")
