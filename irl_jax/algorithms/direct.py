@@ -36,13 +36,13 @@ from absl import logging
 
 from irl_jax import sharding as sharding_lib
 from irl_jax.algorithms import common
-from irl_jax.config import ConfigError
-from irl_jax.data.iterator import BatchIterator, eval_batches
+from irl_jax.config import ConfigError, validate_config
+from irl_jax.data.iterator import BatchIterator
+from irl_jax.evaluation.reward import map_rows
 from irl_jax.models import ModelConfig, Transformer
 from irl_jax.objectives import direct as objectives
 from irl_jax.objectives.logprobs import next_token_logprobs, sequence_logprobs
 from irl_jax.train import create_train_state, make_train_step, optimizer_from_config, train_loop
-from irl_jax.train.step import global_batch
 
 Array = jax.Array
 PAIRWISE_LOSSES = ("dpo", "robust_dpo", "ipo", "hinge", "simpo", "orpo")
@@ -96,6 +96,7 @@ def validate_loss_options(section: ml_collections.ConfigDict, where: str, losses
         f"{where}.label_smoothing",
         f"applies to dpo and robust_dpo only, not {section.loss!r}",
     )
+    _require(section.simpo_gamma >= 0, f"{where}.simpo_gamma", "must be >= 0")
     _require(section.orpo_lambda >= 0, f"{where}.orpo_lambda", "must be >= 0")
 
 
@@ -154,8 +155,9 @@ def pair_logps(
     return tuple(logps[:, k] for k in range(len(prefixes)))
 
 
-def _tokens(batch: dict[str, Array], prefix: str) -> Array:
-    return batch[prefix + "loss_mask"].sum(-1).astype(jnp.float32)
+def _pair_tokens(batch: dict[str, Array]) -> tuple[Array, Array]:
+    """Response lengths |y_w|, |y_l| ``[B]``."""
+    return tuple(batch[p + "loss_mask"].sum(-1).astype(jnp.float32) for p in PAIR)
 
 
 def _reference_logps(model, batch, frozen, prefixes: Sequence[str]) -> tuple[Array, ...]:
@@ -203,7 +205,7 @@ def make_loss_fn(cfg: ModelConfig, section: ml_collections.ConfigDict):
     def pairwise(params, batch, frozen):
         logps = pair_logps(model, params, batch)
         ref = _reference_logps(model, batch, frozen, PAIR) if uses_reference(section.loss) else None
-        losses, metrics = pairwise_loss(section, logps, ref, (_tokens(batch, p) for p in PAIR))
+        losses, metrics = pairwise_loss(section, logps, ref, _pair_tokens(batch))
         metrics = {**metrics, "chosen_logps": logps[0], "rejected_logps": logps[1]}
         return losses.mean(), {name: value.mean() for name, value in metrics.items()}
 
@@ -240,20 +242,6 @@ def make_loss_fn(cfg: ModelConfig, section: ml_collections.ConfigDict):
 # ----------------------------------------------------------------------------- data
 
 
-def _map_rows(fn, params: Any, arrays: dict[str, np.ndarray], batch_size: int, mesh) -> dict:
-    """``fn(params, batch) -> {name: [B]}`` over every row (jitted, replicated outputs)."""
-    data = sharding_lib.batch_sharding(mesh)
-    jitted = jax.jit(fn, out_shardings=sharding_lib.replicated(mesh))
-    local = batch_size // jax.process_count()
-    rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-    parts = [
-        jax.device_get(jitted(params, global_batch({k: v[rows] for k, v in b.items()}, data)))
-        for b in eval_batches(arrays, batch_size)
-    ]
-    count = len(next(iter(arrays.values())))
-    return {k: np.concatenate([p[k] for p in parts])[:count] for k in parts[0]}
-
-
 def add_reference_logps(
     cfg: ModelConfig,
     ref_params: Any,
@@ -270,64 +258,50 @@ def add_reference_logps(
             f"ref_{p}logps": x for p, x in zip(prefixes, pair_logps(model, params, batch, prefixes))
         }
 
-    return {**arrays, **_map_rows(logps, ref_params, arrays, batch_size, mesh)}
+    jitted = jax.jit(logps, out_shardings=sharding_lib.replicated(mesh))
+    return {**arrays, **map_rows(jitted, ref_params, arrays, batch_size, mesh)}
 
 
-def join_prompt_response(
-    prompt_ids: Array,
-    prompt_mask: Array,
+def prompt_lengths(loss_mask: Array) -> Array:
+    """``[B, T] -> [B]``: tokens before the first response (``loss_mask``) token."""
+    return jnp.argmax(loss_mask > 0, axis=1).astype(jnp.int32)
+
+
+def splice(
+    input_ids: Array,
+    prompt_length: Array,
     response_ids: Array,
     response_mask: Array,
-    length: int,
-    pad_id: int,
+    response_start: Array | int = 0,
     response_loss_mask: Array | None = None,
+    *,
+    pad_id: int,
 ) -> dict[str, Array]:
-    """Left-padded prompts ``[B, P]`` + right-padded responses ``[B, N]`` -> the training layout
-    ``input_ids``/``attention_mask``/``loss_mask`` ``[B, length]`` (prompt, response, right
-    padding; cut at ``length``). ``loss_mask`` = ``response_loss_mask`` (default the response
-    mask) on the response tokens. Jittable; works on numpy arrays too."""
-    width = prompt_ids.shape[1]
-    ids = jnp.concatenate([prompt_ids, response_ids], axis=1)
-    mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
+    """Each row's prompt ``input_ids[i, :p_i]`` followed by the response tokens
+    ``response_ids[i, s_i:]`` (where ``response_mask``), right-padded and cut at T.
+
+    Jittable (works on numpy arrays too). The response side is any ``[B, R]`` layout: a
+    sampler's output (s = 0), or other rows of the training layout (s = their prompt lengths).
+
+    Returns:
+      ``input_ids``, ``attention_mask`` and ``loss_mask`` ``[B, T]`` int32; ``loss_mask`` is
+      ``response_loss_mask`` (default ``response_mask``) on the response tokens.
+    """
+    length, width = input_ids.shape[1], response_ids.shape[1]
+    position = jnp.arange(length)[None, :]
+    in_prompt = position < prompt_length[:, None]
+    source = position - prompt_length[:, None] + jnp.asarray(response_start).reshape(-1, 1)
+    in_response = ~in_prompt & (source < width)
+    source = jnp.clip(source, 0, width - 1)
+    take = lambda x: jnp.where(in_response, jnp.take_along_axis(x, source, axis=1), 0)
+    attention = jnp.where(in_prompt, 1, take(response_mask)).astype(jnp.int32)
+    ids = jnp.where(in_prompt, input_ids, take(response_ids))
     targets = response_mask if response_loss_mask is None else response_loss_mask
-    targets = jnp.concatenate([jnp.zeros_like(prompt_mask), targets], axis=1).astype(jnp.int32)
-    # Output position t reads source column t + (P − p): the row's real tokens are contiguous.
-    shift = width - prompt_mask.sum(-1).astype(jnp.int32)
-    source = jnp.arange(length)[None, :] + shift[:, None]
-    inside = source < ids.shape[1]
-    source = jnp.minimum(source, ids.shape[1] - 1)
-    take = lambda x: jnp.take_along_axis(x, source, axis=1) * inside
-    attention = take(mask)
     return {
-        "input_ids": jnp.where(attention > 0, take(ids), pad_id).astype(jnp.int32),
+        "input_ids": jnp.where(attention > 0, ids, pad_id).astype(jnp.int32),
         "attention_mask": attention,
-        "loss_mask": take(targets),
+        "loss_mask": take(targets).astype(jnp.int32),
     }
-
-
-def split_prompt_response(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The training layout (prompt + response + padding) -> left-padded ``prompt_ids`` /
-    ``prompt_mask`` ``[N, P]`` (P = the longest prompt) and right-padded ``response_ids`` /
-    ``response_mask`` / ``response_loss_mask`` ``[N, T]``. The prompt is everything before the
-    first ``loss_mask`` token."""
-    ids, mask, loss = (arrays[k] for k in ("input_ids", "attention_mask", "loss_mask"))
-    rows, length = ids.shape
-    prompt_lengths = np.argmax(loss > 0, axis=1)
-    width = max(int(prompt_lengths.max()), 1)
-    out = {
-        "prompt_ids": np.zeros((rows, width), ids.dtype),
-        "prompt_mask": np.zeros((rows, width), np.int32),
-        "response_ids": np.zeros_like(ids),
-        "response_mask": np.zeros((rows, length), np.int32),
-        "response_loss_mask": np.zeros((rows, length), np.int32),
-    }
-    for i, p in enumerate(prompt_lengths):
-        out["prompt_ids"][i, width - p :] = ids[i, :p]
-        out["prompt_mask"][i, width - p :] = mask[i, :p]
-        out["response_ids"][i, : length - p] = ids[i, p:]
-        out["response_mask"][i, : length - p] = mask[i, p:]
-        out["response_loss_mask"][i, : length - p] = loss[i, p:]
-    return out
 
 
 def cyclic_partners(rows: int, seed: int) -> np.ndarray:
@@ -345,15 +319,15 @@ def mismatched_pairs(
 ) -> dict[str, np.ndarray]:
     """KTO's mismatched pairs (x_i, y_π(i)): row i's prompt with row ``partner[i]``'s response,
     as ``kl_input_ids``/``kl_attention_mask``/``kl_loss_mask`` (cut at the same length T)."""
-    parts = split_prompt_response(arrays)
-    joined = join_prompt_response(
-        parts["prompt_ids"],
-        parts["prompt_mask"],
-        parts["response_ids"][partner],
-        parts["response_mask"][partner],
-        arrays["input_ids"].shape[1],
-        pad_id,
-        parts["response_loss_mask"][partner],
+    starts = prompt_lengths(arrays["loss_mask"])
+    joined = splice(
+        arrays["input_ids"],
+        starts,
+        arrays["input_ids"][partner],
+        arrays["attention_mask"][partner],
+        starts[partner],
+        arrays["loss_mask"][partner],
+        pad_id=pad_id,
     )
     return {f"kl_{name}": np.asarray(value) for name, value in joined.items()}
 
@@ -432,7 +406,7 @@ def make_eval_step(cfg: ModelConfig, section: ml_collections.ConfigDict, with_go
         if section.loss == "kto":  # KTO's implicit reward β log π/π_ref is DPO's
             metrics = objectives.dpo(*logps, *ref, beta=section.beta)[1]
         else:
-            losses, metrics = pairwise_loss(section, logps, ref, (_tokens(batch, p) for p in PAIR))
+            losses, metrics = pairwise_loss(section, logps, ref, _pair_tokens(batch))
             sums["loss"] = jnp.sum(losses * valid)
         margin = metrics.get("reward_margin", metrics.get("log_odds_ratio"))
         for name in ("accuracy", "chosen_reward", "rejected_reward"):
@@ -470,7 +444,7 @@ def copy_params(params: Any, shardings: Any) -> Any:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs direct alignment; returns the final ``eval/...`` metrics."""
-    validate(config)
+    validate_config(config)
     section = config.direct
     mesh = common.make_mesh(config)
     tokenizer = common.load_tokenizer(config)
@@ -482,12 +456,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     ref_params = copy_params(state.params, shardings.params)
     reference = uses_reference(section.loss)
     if reference and section.precompute_reference:
+        batch_size = config.eval_batch_size
         prefixes = ("", "kl_") if section.loss == "kto" else PAIR
-        add = lambda arrays, prefixes: add_reference_logps(
-            cfg, ref_params, arrays, prefixes, config.eval_batch_size, mesh
+        train_arrays = add_reference_logps(
+            cfg, ref_params, train_arrays, prefixes, batch_size, mesh
         )
-        train_arrays = add(train_arrays, prefixes)
-        eval_arrays = None if eval_arrays is None else add(eval_arrays, PAIR)
+        if eval_arrays is not None:
+            eval_arrays = add_reference_logps(cfg, ref_params, eval_arrays, PAIR, batch_size, mesh)
     on_the_fly = reference and not section.precompute_reference
     frozen = ref_params if on_the_fly else None
     frozen_shardings = shardings.params if on_the_fly else None

@@ -23,11 +23,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 
 from irl_jax import sharding as sharding_lib
 from irl_jax.algorithms import common, direct, sft
-from irl_jax.config import ConfigError
+from irl_jax.config import ConfigError, validate_config
 from irl_jax.data.iterator import BatchIterator
 from irl_jax.models import ModelConfig, Transformer
 from irl_jax.sampling import sample
@@ -72,7 +73,7 @@ def with_reference(state: TrainState, shardings: TrainState) -> tuple[TrainState
     return jax.jit(set_reference, out_shardings=shardings)(state), shardings
 
 
-def make_pairs_fn(cfg: ModelConfig, section: ml_collections.ConfigDict, length: int, pad_id: int):
+def make_pairs_fn(cfg: ModelConfig, section: ml_collections.ConfigDict, pad_id: int):
     """``(reference, batch, rng) -> pairs``: the demonstrations as chosen, a sample of the
     reference on their prompts as rejected, and the reference log-probs of both."""
     model = Transformer(cfg)
@@ -87,13 +88,12 @@ def make_pairs_fn(cfg: ModelConfig, section: ml_collections.ConfigDict, length: 
             max_new_tokens=section.max_new_tokens,
             temperature=section.temperature,
         )
-        rejected = direct.join_prompt_response(
-            batch["prompt_ids"],
-            batch["prompt_mask"],
+        rejected = direct.splice(
+            batch["input_ids"],
+            direct.prompt_lengths(batch["loss_mask"]),
             output.response_ids,
             output.response_mask,
-            length,
-            pad_id,
+            pad_id=pad_id,
         )
         pairs = {f"chosen_{k}": batch[k] for k in SEQUENCE}
         pairs.update({f"rejected_{k}": v for k, v in rejected.items()})
@@ -110,7 +110,6 @@ def make_spin_step(
     shardings: TrainState,
     mesh: jax.sharding.Mesh,
     *,
-    length: int,
     pad_id: int,
     schedule=None,
     grad_accum_steps: int = 1,
@@ -126,37 +125,49 @@ def make_spin_step(
         schedule=schedule,
         grad_accum_steps=grad_accum_steps,
     )
-    data = sharding_lib.batch_sharding(mesh)
-    make_pairs = jax.jit(make_pairs_fn(cfg, section, length, pad_id), out_shardings=data)
+    make_pairs = make_pairs_fn(cfg, section, pad_id)
 
+    def pairs_and_length(reference, batch, rng):
+        pairs = make_pairs(reference, batch, rng)
+        return pairs, pairs["rejected_loss_mask"].sum(-1).mean(dtype=jnp.float32)
+
+    shardings_out = (sharding_lib.batch_sharding(mesh), sharding_lib.replicated(mesh))
+    rollout = jax.jit(pairs_and_length, out_shardings=shardings_out)
     start_round = jax.jit(set_reference, donate_argnums=0, out_shardings=shardings)
 
     def train_step(state, batch):
-        step = int(state.step)
-        if step % section.steps_per_round == 0:
+        if int(state.step) % section.steps_per_round == 0:
             state = start_round(state)
-        rng = jax.random.fold_in(state.step_rng(), 1)  # the sampling stream of this step
+        rng = jax.random.fold_in(state.step_rng(), 1)  # this step's sampling stream
         with jax.set_mesh(mesh):
-            pairs = make_pairs(state.extras["reference"], batch, rng)
+            pairs, rejected_tokens = rollout(state.extras["reference"], batch, rng)
         state, metrics = dpo_step(state, pairs, None)
-        rejected_tokens = pairs["rejected_loss_mask"].sum(-1).mean(dtype=jnp.float32)
         return state, {**metrics, "rejected_tokens": rejected_tokens}
 
     return train_step
+
+
+def left_padded_prompts(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The prompts of training-layout rows (the tokens before the first ``loss_mask`` token),
+    left-padded to the longest: ``prompt_ids``/``prompt_mask`` ``[N, P]``, as the sampler wants."""
+    lengths = np.asarray(direct.prompt_lengths(arrays["loss_mask"]))
+    width = max(int(lengths.max()), 1)
+    source = np.arange(width)[None, :] - (width - lengths)[:, None]
+    mask = (source >= 0).astype(np.int32)
+    ids = np.take_along_axis(arrays["input_ids"], np.maximum(source, 0), axis=1) * mask
+    return {"prompt_ids": ids.astype(np.int32), "prompt_mask": mask}
 
 
 def load_data(config: ml_collections.ConfigDict, tokenizer: Any):
     """``(train, eval)`` demonstration arrays; train also carries the left-padded prompts
     ``prompt_ids``/``prompt_mask`` that the reference samples from."""
     train_arrays, eval_arrays = sft.load_data(config, tokenizer)
-    parts = direct.split_prompt_response(train_arrays)
-    train_arrays.update(prompt_ids=parts["prompt_ids"], prompt_mask=parts["prompt_mask"])
-    return train_arrays, eval_arrays
+    return {**train_arrays, **left_padded_prompts(train_arrays)}, eval_arrays
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs SPIN; returns the final evaluation metrics."""
-    validate(config)
+    validate_config(config)
     section = config.spin
     mesh = common.make_mesh(config)
     tokenizer = common.load_tokenizer(config)
@@ -181,7 +192,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         optimizer,
         shardings,
         mesh,
-        length=length,
         pad_id=pad_id,
         schedule=schedule,
         grad_accum_steps=config.grad_accum_steps,

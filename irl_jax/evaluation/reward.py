@@ -220,13 +220,14 @@ def all_steps_correct_logprob(token_scores: np.ndarray, steps: np.ndarray) -> np
 
 
 def map_rows(
-    fn: Callable[[Any, dict[str, jax.Array]], jax.Array],
+    fn: Callable[[Any, dict[str, jax.Array]], Any],
     params: Any,
     arrays: dict[str, np.ndarray],
     batch_size: int,
     mesh: jax.sharding.Mesh,
-) -> np.ndarray:
-    """``fn(params, batch)`` over every row in sharded batches, concatenated ``[N, ...]``.
+) -> Any:
+    """``fn(params, batch)`` over every row in sharded batches: each output leaf concatenated
+    ``[N, ...]`` (an array, or a dict of arrays).
 
     ``fn`` is jitted with a replicated output; each process feeds its slice of every batch (as
     ``evaluate_sums`` does), and the zero rows padding the last batch are dropped.
@@ -235,10 +236,11 @@ def map_rows(
     local = batch_size // jax.process_count()
     rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
     outputs = [
-        np.asarray(fn(params, global_batch({k: v[rows] for k, v in batch.items()}, data)))
+        jax.device_get(fn(params, global_batch({k: v[rows] for k, v in batch.items()}, data)))
         for batch in eval_batches(arrays, batch_size)
     ]
-    return np.concatenate(outputs)[: len(next(iter(arrays.values())))]
+    count = len(next(iter(arrays.values())))
+    return jax.tree.map(lambda *parts: np.concatenate(parts)[:count], *outputs)
 
 
 def side_arrays(arrays: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
