@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from irl_jax import sharding
-from irl_jax.algorithms import sft
+from irl_jax.algorithms import direct, reward_model, sft
 from irl_jax.models import ModelConfig, Transformer, preset
+from irl_jax.models.heads import RewardModel
 from irl_jax.train import create_train_state, make_optimizer, make_train_step
 
 
@@ -35,12 +36,12 @@ def _flops(compiled) -> float:
     return float(analysis["flops"])
 
 
-def time_train_step(cfg, loss_fn, batch, repeats: int) -> dict[str, float]:
-    """Tokens/s and FLOP/s of one jitted AdamW step of ``loss_fn`` on ``batch``."""
+def time_train_step(model, loss_fn, batch, repeats: int) -> dict[str, float]:
+    """Tokens/s and FLOP/s of one jitted AdamW step of ``loss_fn`` on ``batch`` (tokens: every
+    ``*input_ids`` array, so a preference pair counts both sequences)."""
     from benchmarks.timing import median_seconds
 
     mesh = sharding.make_mesh({"data": -1})
-    model = Transformer(cfg)
     ids = jnp.zeros((1, 2), jnp.int32)
     init = lambda: model.init(jax.random.key(0), ids, jnp.ones_like(ids))["params"]
     optimizer, _ = make_optimizer(num_steps=1000, learning_rate=1e-4, max_grad_norm=1.0)
@@ -56,7 +57,7 @@ def time_train_step(cfg, loss_fn, batch, repeats: int) -> dict[str, float]:
         metrics["loss"].block_until_ready()
 
     seconds = median_seconds(one_step, repeats, warmup=2)
-    tokens = batch["input_ids"].size
+    tokens = sum(v.size for k, v in batch.items() if k.endswith("input_ids"))
     return {"tokens_per_s": tokens / seconds, "flops_per_s": flops / seconds}
 
 
@@ -66,6 +67,25 @@ def sft_batch(size, workload, seed: int = 0) -> dict[str, np.ndarray]:
     ids = rng.integers(1, size.vocab, shape).astype(np.int32)
     mask = np.ones(shape, np.int32)
     return {"input_ids": ids, "attention_mask": mask, "loss_mask": mask}
+
+
+def pair_batch(size, workload, seed: int = 0) -> dict[str, np.ndarray]:
+    """Preference pairs: ``batch`` × (chosen, rejected) of ``train_length`` tokens sharing a
+    ``prompt``-token prompt; precomputed reference log-probs for DPO."""
+    rng = np.random.default_rng(seed)
+    shape = (workload.batch, workload.train_length)
+    prompt = rng.integers(1, size.vocab, (workload.batch, workload.prompt))
+    loss_mask = np.ones(shape, np.int32)
+    loss_mask[:, : workload.prompt] = 0
+    batch = {"margin": np.zeros(workload.batch, np.float32)}
+    for side in ("chosen", "rejected"):
+        ids = rng.integers(1, size.vocab, shape).astype(np.int32)
+        ids[:, : workload.prompt] = prompt
+        batch[f"{side}_input_ids"] = ids
+        batch[f"{side}_attention_mask"] = np.ones(shape, np.int32)
+        batch[f"{side}_loss_mask"] = loss_mask
+        batch[f"ref_{side}_logps"] = rng.normal(-2000, 10, workload.batch).astype(np.float32)
+    return batch
 
 
 def time_sampler(cfg, workload, repeats: int) -> float:
@@ -101,7 +121,23 @@ def time_sampler(cfg, workload, repeats: int) -> float:
 def measure(size, workload, repeats: int) -> dict[str, float]:
     cfg = model_config(size)
     results = {"sampler_new_tokens_per_s": time_sampler(cfg, workload, repeats)}
-    sft_result = time_train_step(cfg, sft.make_loss_fn(cfg), sft_batch(size, workload), repeats)
-    results["sft_step_tokens_per_s"] = sft_result["tokens_per_s"]
-    results["sft_step_flops_per_s"] = sft_result["flops_per_s"]
+    rm_model = RewardModel(cfg)
+    steps = {
+        "sft": (Transformer(cfg), sft.make_loss_fn(cfg), sft_batch(size, workload)),
+        "rm": (
+            rm_model,
+            reward_model.make_loss_fn(rm_model, reward_model.default_config()),
+            pair_batch(size, workload),
+        ),
+        # DPO with reference log-probs precomputed once (the default; TRL's precompute mode).
+        "dpo": (
+            Transformer(cfg),
+            direct.make_loss_fn(cfg, direct.default_config()),
+            pair_batch(size, workload),
+        ),
+    }
+    for name, (model, loss_fn, batch) in steps.items():
+        timed = time_train_step(model, loss_fn, batch, repeats)
+        results[f"{name}_step_tokens_per_s"] = timed["tokens_per_s"]
+        results[f"{name}_step_flops_per_s"] = timed["flops_per_s"]
     return results

@@ -47,7 +47,12 @@ def main(argv: list[str]) -> None:
     logging.info("running %s (%s) in %s", name, config.algorithm, workdir)
     metrics = algorithms.run(config, workdir)
     logging.info("final metrics: %s", metrics)
-    print({k: round(v, 4) for k, v in metrics.items()})
+    if config.algorithm == "pipeline":
+        from irl_jax.algorithms import pipeline
+
+        print(pipeline.summary_table(pipeline.by_stage(metrics)))
+    else:
+        print({k: round(v, 4) for k, v in metrics.items()})
 
 
 if __name__ == "__main__":

@@ -119,18 +119,29 @@ def _require(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"config.{field}: {message}")
 
 
-def validate_config(config: ml_collections.ConfigDict, device_count: int | None = None) -> None:
+def validate_config(
+    config: ml_collections.ConfigDict,
+    device_count: int | None = None,
+    *,
+    check_paths: bool = True,
+) -> None:
     """Checks field names and values; raises ``ConfigError`` naming the field.
 
     Args:
       config: the experiment config.
       device_count: devices to build the mesh on (default: all JAX devices).
+      check_paths: also check that the directories the run reads from exist (``tokenizer``,
+        ``init_from`` and the algorithm's ``validate_paths``); a pipeline turns this off for a
+        stage that reads an earlier stage's output, which does not exist yet.
     """
     import jax
 
     from irl_jax import algorithms
     from irl_jax import sharding as sharding_lib
 
+    if config.get("algorithm") == "pipeline":
+        algorithms.module("pipeline").validate(config)
+        return
     if config.get("algorithm") not in algorithms.MODULES:
         raise ConfigError(
             f"config.algorithm={config.get('algorithm')!r}; expected one of "
@@ -165,7 +176,7 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
         f"{config.model!r} is neither a preset ({sorted(PRESETS)}) nor a directory with a "
         "config.json",
     )
-    for field in ("tokenizer", "init_from"):
+    for field in ("tokenizer", "init_from") if check_paths else ():
         path = config[field]
         _require(not path or os.path.isdir(path), field, f"directory {path!r} does not exist")
     _require(config.optimizer.learning_rate > 0, "optimizer.learning_rate", "must be positive")
@@ -181,7 +192,10 @@ def validate_config(config: ml_collections.ConfigDict, device_count: int | None 
             f"{config.data.task!r} is not a synthetic task ({sorted(TASKS)}) and data.path is "
             "empty",
         )
-    # The algorithm's own section (each module's ``validate(config)``).
-    algorithm_checks = getattr(algorithms.module(config.algorithm), "validate", None)
-    if algorithm_checks is not None:
-        algorithm_checks(config)
+    # The algorithm's own section (each module's ``validate(config)``) and the directories it
+    # reads (``validate_paths(config)``).
+    module = algorithms.module(config.algorithm)
+    if hasattr(module, "validate"):
+        module.validate(config)
+    if check_paths and hasattr(module, "validate_paths"):
+        module.validate_paths(config)

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import transformers
+from jax_utils import count_compiles
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from irl_jax import rewards
@@ -57,6 +58,23 @@ def test_reward_model_source_sees_prompt_then_response():
         aggregation="wco",
     )
     np.testing.assert_allclose(ensemble(*BATCH), [-13.0, -30.0])
+
+
+def test_learned_reward_params_are_jit_arguments_not_constants():
+    """A learned source passes through ``jit`` as a pytree: new params, same compiled function;
+    a weighted sum keeps its learned term's params as leaves."""
+    apply_fn = lambda p, ids, mask: p["w"] * jnp.sum(ids * mask, axis=-1).astype(jnp.float32)
+    score = jax.jit(rewards.call)
+    first = rewards.reward_model(apply_fn, {"w": jnp.float32(0.5)})
+    np.testing.assert_allclose(score(first, *BATCH), [6.5, 15.0])
+    with count_compiles() as compiles:
+        second = rewards.reward_model(apply_fn, {"w": jnp.float32(2.0)})
+        np.testing.assert_allclose(score(second, *BATCH), [26.0, 60.0])
+    assert compiles == []
+    mixed = rewards.weighted_sum([(1.0, second), (2.0, rewards.length_penalty(1.0))])
+    assert len(jax.tree.leaves(mixed)) == 1  # the learned term's w; the penalty is static
+    np.testing.assert_allclose(score(mixed, *BATCH), [26.0 - 4.0, 60.0 - 8.0])
+    assert jax.tree.leaves(rewards.as_pytree(rewards.length_penalty(1.0))) == []
 
 
 def test_running_normalization_matches_numpy():

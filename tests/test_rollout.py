@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from irl_jax import sharding
+from irl_jax import rewards, sharding
 from irl_jax.algorithms import policy_gradient
 from irl_jax.algorithms import rollout as rollout_lib
 from irl_jax.models import ModelConfig, Transformer
@@ -103,6 +103,26 @@ def run_rollout(section, p_good=0.7, ref_p_good=0.7, num_prompts=4):
     return jax.device_get((batch, extras, metrics))
 
 
+def test_learned_reward_source_scores_the_rollout():
+    """A learned reward model (here w · [response says GOOD]) enters the jitted rollout as an
+    argument and scores the same samples as the function it wraps, scaled by its params."""
+
+    def apply_fn(variables, ids, mask):
+        return variables["w"] * jnp.any((ids == GOOD) & (mask > 0), axis=-1).astype(jnp.float32)
+
+    mesh, state, shardings = toy_state(0.5)
+    ids, mask = prompts(8)
+    reference = bigram_params(0.5)
+    plain = rollout_lib.make_rollout_fn(CONFIG, settings(), says_good, shardings, mesh)
+    learned = rollout_lib.make_rollout_fn(
+        CONFIG, settings(), rewards.reward_model(apply_fn, {"w": jnp.float32(3.0)}), shardings, mesh
+    )
+    _, _, expected = jax.device_get(plain(state, ids, mask, reference))
+    _, _, metrics = jax.device_get(learned(state, ids, mask, reference))
+    assert 0 < expected["reward_mean"] < 1
+    np.testing.assert_allclose(metrics["reward_mean"], 3.0 * expected["reward_mean"], rtol=1e-6)
+
+
 def test_select_groups_prefers_groups_with_variance():
     rewards = jnp.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.5, 0.5])
     kept, has_variance = rollout_lib.select_groups(rewards, group_size=2, num_groups=3)
@@ -158,7 +178,7 @@ def test_verifier_and_gold_reward_agree_on_arithmetic():
     for i, row in enumerate(rows):
         response_ids[i, : len(row)], response_mask[i, : len(row)] = row, 1
     batch = (prompt_ids, np.ones_like(prompt_ids), response_ids, response_mask)
-    for name in rollout_lib.REWARDS:
+    for name in ("gold", "verifier"):
         fn = jax.jit(rollout_lib.make_reward_fn(name, task, tokenizer))
         np.testing.assert_array_equal(fn(*batch), expected, err_msg=name)
     with pytest.raises(ValueError, match="policy_gradient.reward='oracle'"):

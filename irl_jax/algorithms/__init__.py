@@ -20,6 +20,7 @@ MODULES = {
     "direct": "irl_jax.algorithms.direct",
     "spin": "irl_jax.algorithms.spin",
     "policy_gradient": "irl_jax.algorithms.policy_gradient",
+    "pipeline": "irl_jax.algorithms.pipeline",  # stages of the above, in order
 }
 
 

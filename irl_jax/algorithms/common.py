@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from irl_jax import rewards as rewards_lib
 from irl_jax import sharding as sharding_lib
 from irl_jax.data.iterator import eval_batches
 from irl_jax.models import ModelConfig, Transformer, preset
@@ -90,6 +91,42 @@ def policy_init(
         _, params = hf_lib.load_pretrained(source, mesh=mesh, **_overrides(config))
         logging.info("loaded %s weights from %s", cfg.architecture, source)
     return init_fn, params
+
+
+def load_reward_model(
+    config: ml_collections.ConfigDict, path: str, policy: ModelConfig, mesh: jax.sharding.Mesh
+) -> rewards_lib.LearnedReward:
+    """A reward-model export (``...ForSequenceClassification``, K heads = an ensemble) as a
+    reward source, sharded on ``mesh``; ensembles combine with ``config.policy_gradient``'s
+    ``reward_aggregation`` / ``reward_uwo_penalty``.
+
+    Raises:
+      ConfigError: the checkpoint is a causal LM, or its vocabulary differs from the policy's
+        (the reward model reads the policy's token ids).
+    """
+    from irl_jax.config import ConfigError
+    from irl_jax.models.heads import RewardModel
+
+    cfg, params = hf_lib.load_pretrained(path, mesh=mesh, **_overrides(config))
+    if "score" not in params:
+        raise ConfigError(
+            f"config.policy_gradient.reward_model: {path!r} is a causal LM, not a reward model "
+            "(a sequence-classification checkpoint with a score head)"
+        )
+    if cfg.vocab_size != policy.vocab_size:
+        raise ConfigError(
+            f"config.policy_gradient.reward_model: {path!r} has a vocabulary of "
+            f"{cfg.vocab_size} tokens, the policy {policy.vocab_size}: they must share a tokenizer"
+        )
+    num_heads = params["score"]["kernel"].shape[-1]
+    settings = config.policy_gradient
+    logging.info("reward model: %s with %d head(s) from %s", cfg.architecture, num_heads, path)
+    return rewards_lib.reward_model(
+        RewardModel(cfg, num_heads).apply,  # apply({"params": ...}, ids, mask)
+        {"params": params},
+        aggregation=settings.reward_aggregation if num_heads > 1 else None,
+        penalty=settings.reward_uwo_penalty,
+    )
 
 
 def task_or_none(config: ml_collections.ConfigDict):

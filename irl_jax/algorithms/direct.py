@@ -101,7 +101,7 @@ def validate_loss_options(section: ml_collections.ConfigDict, where: str, losses
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks ``config.direct`` and the starting policy; raises ``ConfigError`` naming the field."""
+    """Checks ``config.direct``; raises ``ConfigError`` naming the field."""
     section = config.direct
     validate_loss_options(section, "direct", LOSSES)
     for field in ("kto_desirable_weight", "kto_undesirable_weight"):
@@ -113,10 +113,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f"{section.pairing!r} is not 'same_prompt' or 'cross_prompt'",
     )
     _require(0 <= section.expert_fraction <= 1, "direct.expert_fraction", "must be in [0, 1]")
-    require_starting_policy(config)
 
 
-def require_starting_policy(config: ml_collections.ConfigDict) -> None:
+def validate_paths(config: ml_collections.ConfigDict) -> None:
     """The policy (and reference) must come from weights: an SFT export or a model directory."""
     _require(
         common.is_hf_dir(common.model_source(config)),

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from irl_jax import rewards as rewards_lib
 from irl_jax import sharding as sharding_lib
 from irl_jax.algorithms import common
 from irl_jax.algorithms import rollout as rollout_lib
@@ -49,7 +50,10 @@ def default_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         {
             "estimator": "grpo",  # reinforce | rloo | remax | grpo
-            "reward": "gold",  # gold | verifier (see rollout.make_reward_fn)
+            "reward": "gold",  # gold | verifier | model (see rollout.make_reward_fn)
+            "reward_model": "",  # reward="model": a reward-model export (e.g. runs/rm/export)
+            "reward_aggregation": "mean",  # an ensemble RM's mean | wco | uwo
+            "reward_uwo_penalty": 0.0,  # uwo's λ on the members' variance
             "group_size": 8,  # G responses per prompt
             "max_new_tokens": 8,  # L_max, the generation budget
             "temperature": 1.0,
@@ -96,8 +100,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     one_of("advantage_scale", pg.SCALES)
     one_of("aggregation", pg.AGGREGATIONS)
     one_of("kl_estimator", pg.KL_ESTIMATORS)
+    one_of("reward_aggregation", ("mean", "wco", "uwo"))
+    at_least("reward_uwo_penalty", 0)
     _require(
-        common.task_or_none(config) is not None,
+        s.reward == "model" or common.task_or_none(config) is not None,
         "data.path",
         f"policy_gradient.reward={s.reward!r} needs a synthetic task (data.task), not a file",
     )
@@ -145,6 +151,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
         config.data.num_train >= prompts,
         "data.num_train",
         f"{config.data.num_train} prompts, fewer than the {prompts} sampled per iteration",
+    )
+
+
+def validate_paths(config: ml_collections.ConfigDict) -> None:
+    """A learned reward (``reward="model"``) must be a reward-model export."""
+    s = config.policy_gradient
+    _require(
+        s.reward != "model" or common.is_hf_dir(s.reward_model),
+        "policy_gradient.reward_model",
+        f"{s.reward_model!r} is not a Hugging Face directory with a config.json; reward='model' "
+        "scores with a trained reward model: run `python -m experiments.run "
+        "--config=experiments/configs/rm_bt.py --workdir=runs/rm` and set "
+        "--config.policy_gradient.reward_model=runs/rm/export",
     )
 
 
@@ -274,6 +293,7 @@ class Setup(NamedTuple):
     mesh: jax.sharding.Mesh
     model_config: ModelConfig
     tokenizer: Any
+    reward_fn: rewards_lib.RewardFn  # the training reward source
     state: TrainState
     state_shardings: TrainState
     ref_params: Any  # the frozen reference π_ref (the initial policy)
@@ -305,7 +325,10 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     ref_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.params)(
         state.params
     )
-    reward_fn = rollout_lib.make_reward_fn(s.reward, common.task_or_none(config), tokenizer)
+    if s.reward == "model":
+        reward_fn = common.load_reward_model(config, s.reward_model, model_config, mesh)
+    else:
+        reward_fn = rollout_lib.make_reward_fn(s.reward, common.task_or_none(config), tokenizer)
     rollout_fn = rollout_lib.make_rollout_fn(model_config, s, reward_fn, shardings, mesh)
     update_fn = make_update_fn(
         make_loss_fn(model_config, s),
@@ -328,7 +351,9 @@ def build(config: ml_collections.ConfigDict) -> Setup:
     prompts = common.prompt_arrays(config, tokenizer, config.data.num_train, config.data.seed)
     prompts_per_iteration = config.batch_size * (s.oversample if s.dynamic_sampling else 1)
     batches = BatchIterator(prompts, prompts_per_iteration, seed=config.seed)
-    return Setup(mesh, model_config, tokenizer, state, shardings, ref_params, train_step, batches)
+    return Setup(
+        mesh, model_config, tokenizer, reward_fn, state, shardings, ref_params, train_step, batches
+    )
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -336,8 +361,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     ± stderr against the reference's ``eval/ref_reward/gold_mean``, KL, win rate)."""
     validate_config(config)
     setup = build(config)
+    learned = {"model": setup.reward_fn} if config.policy_gradient.reward == "model" else {}
     evaluator = common.policy_evaluator(
-        config, setup.model_config, setup.tokenizer, setup.ref_params, setup.mesh
+        config, setup.model_config, setup.tokenizer, setup.ref_params, setup.mesh, learned
     )
     final: dict[str, float] = {}
     samples: list[dict[str, Any]] = []

@@ -27,7 +27,7 @@ from irl_jax.sampling import repeat_prompts, sample, teacher_forced_logprobs
 
 Array = jax.Array
 ESTIMATORS = ("reinforce", "rloo", "remax", "grpo")
-REWARDS = ("gold", "verifier")
+REWARDS = ("gold", "verifier", "model")  # model: common.load_reward_model
 
 
 @flax.struct.dataclass
@@ -90,8 +90,8 @@ def make_reward_fn(name: str, task: Any, tokenizer: Any) -> rewards_lib.RewardFn
       task: the synthetic task (``None`` for file data, which has no known reward).
       tokenizer: decodes ids for the verifier.
     """
-    if name not in REWARDS:
-        raise ValueError(f"config.policy_gradient.reward={name!r}; expected one of {REWARDS}")
+    if name not in ("gold", "verifier"):
+        raise ValueError(f"config.policy_gradient.reward={name!r}; expected 'gold' or 'verifier'")
     if task is None:
         raise ValueError(
             f"config.policy_gradient.reward={name!r} needs a synthetic task (data.path is set)"
@@ -165,7 +165,8 @@ def make_rollout_fn(
     mesh: jax.sharding.Mesh,
 ) -> Callable[[Any, Array, Array, Any], tuple[Rollout, Any, dict[str, Array]]]:
     """Builds ``rollout(state, prompt_ids, prompt_mask, ref_params) -> (rollout, extras,
-    metrics)``, jitted once.
+    metrics)``, jitted once. ``reward_fn`` enters the jitted function as an argument (a learned
+    reward model's params in their own shardings; see ``rewards.as_pytree``).
 
     ``prompt_ids``/``prompt_mask`` hold ``oversample · N`` prompts with dynamic sampling, else N.
     Randomness: ``fold_in(state.step_rng(), 0)``. The returned ``extras`` (running reward
@@ -180,14 +181,16 @@ def make_rollout_fn(
     s = settings
     group_size, temperature = s.group_size, s.temperature
 
-    def score(prompt_ids, prompt_mask, response_ids, response_mask):
-        scores = reward_fn(prompt_ids, prompt_mask, response_ids, response_mask)
+    source = rewards_lib.as_pytree(reward_fn)
+
+    def score(source, prompt_ids, prompt_mask, response_ids, response_mask):
+        scores = source(prompt_ids, prompt_mask, response_ids, response_mask)
         if s.overlong_buffer:
             lengths = response_mask.sum(axis=-1)
             scores = scores + pg.overlong_penalty(lengths, s.max_new_tokens, s.overlong_buffer)
         return scores
 
-    def rollout(state, prompt_ids, prompt_mask, ref_params):
+    def rollout(state, prompt_ids, prompt_mask, ref_params, source):
         extras = dict(state.extras)
         num_prompts = prompt_ids.shape[0] // (s.oversample if s.dynamic_sampling else 1)
         ids, mask = repeat_prompts(prompt_ids, prompt_mask, group_size)
@@ -204,7 +207,7 @@ def make_rollout_fn(
         )
         response_ids, response_mask = out.response_ids, out.response_mask
         old_logprobs = out.response_logprobs
-        scores = score(ids, mask, response_ids, response_mask)
+        scores = score(source, ids, mask, response_ids, response_mask)
         kept, has_variance = select_groups(scores, group_size, num_prompts)
         metrics = {"groups_with_variance": has_variance.mean(dtype=jnp.float32)}
         if s.dynamic_sampling:
@@ -247,7 +250,7 @@ def make_rollout_fn(
                 greedy=True,
             )
             greedy_scores = score(
-                prompt_ids, prompt_mask, greedy.response_ids, greedy.response_mask
+                source, prompt_ids, prompt_mask, greedy.response_ids, greedy.response_mask
             )
             metrics["greedy_reward_mean"] = greedy_scores.mean()
             greedy_rewards = jnp.repeat(greedy_scores, group_size)
@@ -265,8 +268,17 @@ def make_rollout_fn(
 
     data = sharding_lib.batch_sharding(mesh)
     replicated = sharding_lib.replicated(mesh)
-    return jax.jit(
+    jitted = jax.jit(
         rollout,
-        in_shardings=(state_shardings, data, data, state_shardings.params),
+        in_shardings=(
+            state_shardings,
+            data,
+            data,
+            state_shardings.params,
+            jax.tree.map(lambda x: x.sharding, source),
+        ),
         out_shardings=(data, state_shardings.extras, replicated),
+    )
+    return lambda state, prompt_ids, prompt_mask, ref_params: jitted(
+        state, prompt_ids, prompt_mask, ref_params, source
     )

@@ -49,7 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks ``config.spin`` and the starting policy; raises ``ConfigError`` naming the field."""
+    """Checks ``config.spin``; raises ``ConfigError`` naming the field."""
     section = config.spin
     direct.validate_loss_options(section, "spin", LOSSES)
     for field in ("steps_per_round", "max_new_tokens"):
@@ -57,7 +57,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"config.spin.{field}: must be >= 1, got {section[field]}")
     if not section.temperature > 0:
         raise ConfigError(f"config.spin.temperature: must be > 0, got {section.temperature}")
-    direct.require_starting_policy(config)
+
+
+validate_paths = direct.validate_paths  # the starting policy must be an HF directory
 
 
 def set_reference(state: TrainState) -> TrainState:

@@ -14,7 +14,8 @@ reports (metric names as in the metrics log):
   E_{y∼π_T}[log π(y) − log π_ref(y)], not a KL.
 * ``eval/win_rate``, ``eval/win_rate_stderr``: gold reward of y_i against y'_i for the same
   prompt: win 1, tie 0.5, loss 0 (only when ``gold_key`` is among the reward sources).
-* ``eval/ref_reward/<gold>_mean`` / ``_stderr``: gold reward of the reference samples.
+* ``eval/ref_reward/<name>_mean`` / ``_stderr``: every source's reward of the reference samples
+  (with the win rate), so a learned reward's gain can be set against the gold gain.
 * ``eval/response_length_mean``: real response tokens per sample (EOS included);
   ``eval/num_samples``: n.
 """
@@ -22,19 +23,19 @@ reports (metric names as in the metrics log):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from irl_jax import rewards as rewards_lib
 from irl_jax.models.config import ModelConfig
 from irl_jax.objectives.logprobs import sequence_logprobs
 from irl_jax.sampling import sample, teacher_forced_logprobs
 
-RewardFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
-"""``fn(prompt_ids, prompt_mask, response_ids, response_mask) -> float32 [B]`` (jittable)."""
+RewardFn = rewards_lib.RewardFn
 
 
 def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
@@ -158,7 +159,8 @@ def evaluate_policy(
     batch_size = batch_size or num_prompts
     ref_model_config = ref_model_config or model_config
     with_win_rate = gold_key in reward_fns
-    jitted_rewards = {name: jax.jit(fn) for name, fn in reward_fns.items()}
+    sources = {name: rewards_lib.as_pytree(fn) for name, fn in reward_fns.items()}
+    score = jax.jit(rewards_lib.call)  # sources are arguments (a learned RM's params too)
     settings = dict(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -191,15 +193,16 @@ def evaluate_policy(
                 policy_logprobs=policy.response_logprobs if unfiltered_t1 else None,
             ),
         }
-        for name, fn in jitted_rewards.items():
-            part[f"reward/{name}"] = fn(ids, mask, *response)
+        for name, source in sources.items():
+            part[f"reward/{name}"] = score(source, ids, mask, *response)
         if with_win_rate:
             ref = sample(ref_model_config, ref_params, ids, mask, rng=ref_key, **settings)
             part["ref_response_ids"] = ref.response_ids
             part["ref_response_mask"] = ref.response_mask
-            part[f"ref_reward/{gold_key}"] = jitted_rewards[gold_key](
-                ids, mask, ref.response_ids, ref.response_mask
-            )
+            for name, source in sources.items():
+                part[f"ref_reward/{name}"] = score(
+                    source, ids, mask, ref.response_ids, ref.response_mask
+                )
             part["win"] = win_scores(part[f"reward/{gold_key}"], part[f"ref_reward/{gold_key}"])
         # One device-to-host transfer per batch, after all its work has been dispatched.
         parts.append({k: np.asarray(v)[: stop - start] for k, v in jax.device_get(part).items()})
@@ -212,9 +215,10 @@ def evaluate_policy(
     metrics["eval/kl_mean"], metrics["eval/kl_stderr"] = mean_and_stderr(results["kl"])
     if with_win_rate:
         metrics["eval/win_rate"], metrics["eval/win_rate_stderr"] = mean_and_stderr(results["win"])
-        mean, stderr = mean_and_stderr(results[f"ref_reward/{gold_key}"])
-        metrics[f"eval/ref_reward/{gold_key}_mean"] = mean
-        metrics[f"eval/ref_reward/{gold_key}_stderr"] = stderr
+        for name in reward_fns:
+            mean, stderr = mean_and_stderr(results[f"ref_reward/{name}"])
+            metrics[f"eval/ref_reward/{name}_mean"] = mean
+            metrics[f"eval/ref_reward/{name}_stderr"] = stderr
     metrics["eval/response_length_mean"] = float(np.mean(results["response_mask"].sum(-1)))
 
     samples = []

@@ -1,0 +1,55 @@
+"""RLHF with a learned reward: GRPO against a Bradley–Terry reward model, scored by the gold reward.
+
+The inverse-RL loop on the preference-language task: the reward is *learned* from noisy
+preferences, then optimized under a KL leash; the gold reward tells whether optimizing the proxy
+helped. Three commands (``quickstart.py`` runs them all as one pipeline):
+
+    python -m experiments.run --config=experiments/configs/sft.py --workdir=runs/sft
+    python -m experiments.run --config=experiments/configs/rm_bt.py --workdir=runs/rm \
+        --config.init_from=runs/sft/export
+    python -m experiments.run --config=experiments/configs/rlhf.py --workdir=runs/rlhf
+
+Reached (CPU, ~40 s for 100 iterations of 16 prompts × 8 responses; 256 held-out prompts): the
+learned reward of samples rises from 5.85 (SFT policy, eval/ref_reward/model_mean) to 8.55 and
+the gold reward from 1.30 ± 0.04 to 2.35 ± 0.04 (eval/reward/gold_mean), win rate 0.86 ± 0.02
+against the SFT policy at eval/kl_mean 7.5 — above DPO's 1.90 on the same preferences
+(``dpo.py``). The KL coefficient sets where on the over-optimization curve the policy lands:
+
+    kl_coef   learned reward   gold reward    KL    win rate
+    0.5            7.56        1.91 ± 0.03    1.4     0.77
+    0.2            8.55        2.35 ± 0.04    7.5     0.86
+    0.05           9.89        1.80 ± 0.06   25.1     0.73
+
+At 0.05 the policy exploits the proxy (the highest learned reward, a lower gold reward: long
+responses piling up praise words, "the soup was great indeed very great indeed soulful …").
+"""
+
+from irl_jax.config import base_config
+
+
+def get_config():
+    config = base_config("policy_gradient")
+    config.init_from = "runs/sft/export"
+    config.num_steps = 100  # iterations
+    config.batch_size = 16  # prompts per iteration
+    config.eval_every = 50
+    config.log_every = 10
+    config.checkpoint_every = 50
+    config.data.task = "preference"
+    config.data.max_length = 40
+    config.data.num_train = 4096
+    config.data.num_eval = 256
+    config.policy_eval.num_prompts = 256
+    config.policy_eval.max_new_tokens = 24
+    config.optimizer.learning_rate = 3e-4
+    config.optimizer.schedule = "constant"
+    config.optimizer.warmup_steps = 10
+    pg = config.policy_gradient
+    pg.reward = "model"
+    pg.reward_model = "runs/rm/export"
+    pg.estimator = "grpo"
+    pg.group_size = 8
+    pg.max_new_tokens = 24
+    pg.kl_coef = 0.2
+    pg.kl_estimator = "k3"
+    return config

@@ -1,0 +1,172 @@
+"""A pipeline: experiment configs run in order, later stages reading earlier stages' exports.
+
+``config.stages.<name>`` is a full experiment config (any algorithm but ``pipeline``);
+``config.run`` the order. A string field of a stage that reads ``@<stage>`` is resolved to that
+earlier stage's Hugging Face export, ``WORKDIR/<stage>/export`` — e.g. ``init_from = "@sft"``,
+``policy_gradient.reward_model = "@reward_model"``. Each stage runs in ``WORKDIR/<stage>``
+through the shared loop (its own checkpoints, metrics and export), and leaves its final metrics
+in ``WORKDIR/<stage>/result.json``: a re-run skips finished stages and resumes an interrupted
+one from its checkpoint. ``WORKDIR/summary.json`` collects every stage's metrics.
+
+Validation happens before anything runs: field names and values of every stage, and the
+references (each names an earlier stage that exports). Stages that read an earlier stage's
+output get their directory checks when they start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+from absl import logging
+
+from irl_jax.config import ConfigError
+
+REFERENCE = "@"
+# The metrics ``summary_table`` shows per stage (those a stage reports).
+HEADLINES = (
+    "nll_gap",
+    "gold_accuracy",
+    "eval/gold_accuracy",
+    "eval/reward/gold_mean",
+    "eval/ref_reward/gold_mean",
+    "eval/reward/model_mean",
+    "eval/ref_reward/model_mean",
+    "eval/kl_mean",
+    "eval/win_rate",
+)
+
+
+def pipeline_config(stages: dict[str, ml_collections.ConfigDict]) -> ml_collections.ConfigDict:
+    """A pipeline running ``stages`` (name → experiment config) in the dict's order."""
+    config = ml_collections.ConfigDict()
+    config.algorithm = "pipeline"
+    config.run = tuple(stages)
+    config.stages = ml_collections.ConfigDict(stages)
+    return config
+
+
+def _references(config: ml_collections.ConfigDict, where: str = "") -> dict[str, str]:
+    """``{field path: stage name}`` of the ``@<stage>`` string fields of a stage config."""
+    found = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            found.update(_references(value, f"{where}{key}."))
+        elif isinstance(value, str) and value.startswith(REFERENCE):
+            found[f"{where}{key}"] = value[len(REFERENCE) :]
+    return found
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the stage list, every stage config and the references between stages."""
+    from irl_jax import algorithms
+    from irl_jax.config import validate_config
+
+    if set(config.keys()) != {"algorithm", "run", "stages"}:
+        raise ConfigError(
+            "config: a pipeline config has exactly the fields algorithm, run and stages; got "
+            f"{sorted(config.keys())}"
+        )
+    _require(len(config.run) > 0, "run", "names no stage")
+    _require(len(set(config.run)) == len(config.run), "run", f"repeats a stage: {config.run}")
+    earlier: list[str] = []
+    for name in config.run:
+        _require(name in config.stages, "run", f"{name!r} is not a stage ({sorted(config.stages)})")
+        stage = config.stages[name]
+        field = f"stages.{name}"
+        _require(
+            stage.get("algorithm") in set(algorithms.MODULES) - {"pipeline"},
+            f"{field}.algorithm",
+            f"{stage.get('algorithm')!r} is not a single algorithm "
+            f"({sorted(set(algorithms.MODULES) - {'pipeline'})})",
+        )
+        references = _references(stage)
+        for path, target in references.items():
+            _require(
+                target in earlier,
+                f"{field}.{path}",
+                f"@{target} is not an earlier stage (earlier: {earlier})",
+            )
+            _require(
+                config.stages[target].export,
+                f"{field}.{path}",
+                f"stage {target!r} does not export (its export is False)",
+            )
+        try:
+            validate_config(stage, check_paths=not references)
+        except ConfigError as e:
+            raise ConfigError(f"stage {name!r}: {e}") from None
+        earlier.append(name)
+
+
+def resolve(stage: ml_collections.ConfigDict, workdir: str) -> ml_collections.ConfigDict:
+    """A copy of ``stage`` with each ``@<stage>`` field replaced by ``WORKDIR/<stage>/export``."""
+    resolved = ml_collections.ConfigDict(stage.to_dict())
+    for path, target in _references(stage).items():
+        *parents, leaf = path.split(".")
+        section = resolved
+        for parent in parents:
+            section = section[parent]
+        section[leaf] = os.path.join(workdir, target, "export")
+    return resolved
+
+
+def by_stage(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``{"<stage>/<metric>": v}`` (what ``train`` returns) → ``{stage: {metric: v}}``."""
+    nested: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        stage, name = key.split("/", 1)
+        nested.setdefault(stage, {})[name] = value
+    return nested
+
+
+def summary_table(summary: dict[str, dict[str, float]]) -> str:
+    """One line per stage with its ``HEADLINES`` metrics (gold reward ± stderr)."""
+    lines = []
+    for name, metrics in summary.items():
+        cells = []
+        for key in HEADLINES:
+            if key in metrics:
+                stderr = key.endswith("_mean") and metrics.get(key[: -len("mean")] + "stderr")
+                value = f"{metrics[key]:.3f}" + (f" ± {stderr:.3f}" if stderr else "")
+                cells.append(f"{key.removeprefix('eval/')}={value}")
+        lines.append(f"{name:>14}: " + ", ".join(cells))
+    return "\n".join(lines)
+
+
+def _write_json(path: str, value) -> None:
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            json.dump(value, f, indent=1)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Runs the stages in order; returns ``{"<stage>/<metric>": value}`` over all stages."""
+    from irl_jax import algorithms
+
+    validate(config)
+    summary: dict[str, dict[str, float]] = {}
+    for name in config.run:
+        stage_dir = os.path.join(workdir, name)
+        result_path = os.path.join(stage_dir, "result.json")
+        if os.path.exists(result_path):
+            with open(result_path) as f:
+                summary[name] = json.load(f)
+            logging.info("stage %s: finished earlier (%s), skipped", name, result_path)
+            continue
+        stage = resolve(config.stages[name], workdir)
+        logging.info("stage %s (%s) in %s", name, stage.algorithm, stage_dir)
+        metrics = {k: float(v) for k, v in algorithms.run(stage, stage_dir).items()}
+        _write_json(result_path, metrics)
+        summary[name] = metrics
+        logging.info("stage %s: %s", name, {k: round(v, 4) for k, v in metrics.items()})
+    _write_json(os.path.join(workdir, "summary.json"), summary)
+    logging.info("pipeline summary (%s):\n%s", workdir, summary_table(summary))
+    return {f"{name}/{k}": v for name, metrics in summary.items() for k, v in metrics.items()}
