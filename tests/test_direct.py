@@ -40,7 +40,7 @@ def build(config, mesh, on_the_fly):
     init = lambda: model.init(jax.random.key(0), ids, jnp.ones_like(ids))["params"]
     optimizer, _ = make_optimizer(num_steps=10, learning_rate=3e-2, warmup_steps=0)
     state, shardings = create_train_state(init, optimizer, mesh, seed=0)
-    reference = direct.copy_params(state.params, shardings.params)
+    reference = common.copy_params(state.params, shardings.params)
     arrays, _ = direct.load_data(config, TOKENIZER)
     if not on_the_fly:
         prefixes = ("", "kl_") if config.direct.loss == "kto" else direct.PAIR

@@ -129,6 +129,12 @@ def load_reward_model(
     )
 
 
+def copy_params(params: Any, shardings: Any) -> Any:
+    """A separate copy (own buffers, same shardings) of params that a train step will donate:
+    the frozen reference π_ref."""
+    return jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)(params)
+
+
 def task_or_none(config: ml_collections.ConfigDict):
     if config.data.path:
         return None

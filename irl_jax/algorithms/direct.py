@@ -433,11 +433,6 @@ def pair_metrics(sums: dict[str, float]) -> dict[str, float]:
     return metrics
 
 
-def copy_params(params: Any, shardings: Any) -> Any:
-    """A separate copy (own buffers, same shardings): the train step donates the original."""
-    return jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings)(params)
-
-
 # ----------------------------------------------------------------------------- training
 
 
@@ -452,7 +447,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     train_arrays, eval_arrays = load_data(config, tokenizer)
     optimizer, schedule = optimizer_from_config(config.optimizer, config.num_steps)
     state, shardings = create_train_state(init_fn, optimizer, mesh, seed=config.seed, params=params)
-    ref_params = copy_params(state.params, shardings.params)
+    ref_params = common.copy_params(state.params, shardings.params)
     reference = uses_reference(section.loss)
     if reference and section.precompute_reference:
         batch_size = config.eval_batch_size

@@ -322,9 +322,7 @@ def build(config: ml_collections.ConfigDict) -> Setup:
         params=params,
     )
     # A copy: the state (whose params may alias the loaded weights) is donated every update.
-    ref_params = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=shardings.params)(
-        state.params
-    )
+    ref_params = common.copy_params(state.params, shardings.params)
     if s.reward == "model":
         reward_fn = common.load_reward_model(config, s.reward_model, model_config, mesh)
     else:

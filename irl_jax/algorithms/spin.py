@@ -186,7 +186,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     optimizer, schedule = optimizer_from_config(config.optimizer, config.num_steps)
     state, shardings = create_train_state(init_fn, optimizer, mesh, seed=config.seed, params=params)
     state, shardings = with_reference(state, shardings)
-    initial = direct.copy_params(state.params, shardings.params)  # the SFT policy, for eval
+    initial = common.copy_params(state.params, shardings.params)  # the SFT policy, for eval
     pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else cfg.eos_token_ids[0]
     train_step = make_spin_step(
         cfg,
