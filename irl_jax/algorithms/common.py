@@ -129,6 +129,60 @@ def load_reward_model(
     )
 
 
+Evaluate = Callable[[Any], tuple[dict[str, float], list[dict[str, Any]]]]
+
+
+def run_loop(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    state: Any,
+    shardings: Any,
+    train_step: Callable[[Any, dict[str, jax.Array]], tuple[Any, Any]],
+    batches: Any,
+    mesh: jax.sharding.Mesh,
+    evaluate: Evaluate,
+    description: str,
+) -> tuple[Any, dict[str, float]]:
+    """``train_loop`` with the config's loop settings (steps, logging, evaluation, checkpoints).
+
+    ``evaluate(params) -> (metrics, samples)`` runs at every evaluation (the samples are logged
+    as texts) and once more at the end when no evaluation ran (e.g. a finished run resumed).
+    Returns the final state and the last evaluation's metrics.
+    """
+    from irl_jax.train import train_loop
+
+    final: dict[str, float] = {}
+    samples: list[dict[str, Any]] = []
+
+    def eval_fn(state) -> dict[str, float]:
+        metrics, samples[:] = evaluate(state.params)
+        final.clear()
+        final.update(metrics)
+        return metrics
+
+    state = train_loop(
+        state=state,
+        state_shardings=shardings,
+        train_step=train_step,
+        batches=batches,
+        mesh=mesh,
+        workdir=workdir,
+        num_steps=config.num_steps,
+        config=config.to_dict(),
+        eval_fn=eval_fn,
+        eval_every=config.eval_every,
+        sample_fn=lambda state: list(samples),
+        log_every=config.log_every,
+        checkpoint_every=config.checkpoint_every,
+        keep_checkpoints=config.keep_checkpoints,
+        description=description,
+    )
+    if not final:
+        eval_fn(state)
+    return state, final
+
+
 def copy_params(params: Any, shardings: Any) -> Any:
     """A separate copy (own buffers, same shardings) of params that a train step will donate:
     the frozen reference π_ref."""

@@ -42,7 +42,7 @@ from irl_jax.evaluation.reward import map_rows
 from irl_jax.models import ModelConfig, Transformer
 from irl_jax.objectives import direct as objectives
 from irl_jax.objectives.logprobs import next_token_logprobs, sequence_logprobs
-from irl_jax.train import create_train_state, make_train_step, optimizer_from_config, train_loop
+from irl_jax.train import create_train_state, make_train_step, optimizer_from_config
 
 Array = jax.Array
 PAIRWISE_LOSSES = ("dpo", "robust_dpo", "ipo", "hinge", "simpo", "orpo")
@@ -474,44 +474,32 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         in_shardings=(shardings.params, sharding_lib.batch_sharding(mesh), frozen_shardings),
     )
     policy_eval = common.policy_evaluator(config, cfg, tokenizer, ref_params, mesh)
-    final: dict[str, float] = {}
-    samples: list[dict[str, Any]] = []
 
-    def eval_fn(state) -> dict[str, float]:
+    def evaluate(params) -> tuple[dict[str, float], list[dict[str, Any]]]:
         metrics = {}
         if eval_arrays is not None:
             sums = common.evaluate_sums(
                 lambda p, b: eval_step(p, b, frozen),
-                state.params,
+                params,
                 eval_arrays,
                 config.eval_batch_size,
                 mesh,
             )
             metrics.update(pair_metrics(sums))
-        policy_metrics, samples[:] = policy_eval(state.params)
-        metrics.update(policy_metrics)
-        final.update(metrics)
-        return metrics
+        policy_metrics, samples = policy_eval(params)
+        return {**metrics, **policy_metrics}, samples
 
-    state = train_loop(
+    state, final = common.run_loop(
+        config,
+        workdir,
         state=state,
-        state_shardings=shardings,
+        shardings=shardings,
         train_step=lambda state, batch: step(state, batch, frozen),
         batches=BatchIterator(train_arrays, config.batch_size, seed=config.seed),
         mesh=mesh,
-        workdir=workdir,
-        num_steps=config.num_steps,
-        config=config.to_dict(),
-        eval_fn=eval_fn,
-        eval_every=config.eval_every,
-        sample_fn=lambda state: list(samples),
-        log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every,
-        keep_checkpoints=config.keep_checkpoints,
+        evaluate=evaluate,
         description=section.loss,
     )
-    if not final:
-        eval_fn(state)
     if config.export:
         common.export(workdir, cfg, state.params, tokenizer)
     return final

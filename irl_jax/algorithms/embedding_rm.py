@@ -36,7 +36,7 @@ from irl_jax.evaluation import reward as reward_eval
 from irl_jax.models import ModelConfig, Transformer
 from irl_jax.models.heads import gather_last
 from irl_jax.objectives import reward as objectives
-from irl_jax.train import create_train_state, make_train_step, optimizer_from_config, train_loop
+from irl_jax.train import create_train_state, make_train_step, optimizer_from_config
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -367,28 +367,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         grad_accum_steps=config.grad_accum_steps,
     )
     evaluate = make_evaluator(head, data, settings)
-    final: dict[str, float] = {}
-
-    def eval_fn(state) -> dict[str, float]:
-        final.update(evaluate(state.params))
-        return final
-
-    state = train_loop(
+    state, final = common.run_loop(
+        config,
+        workdir,
         state=state,
-        state_shardings=shardings,
+        shardings=shardings,
         train_step=lambda state, batch: step(state, batch, None),
         batches=BatchIterator(data.train, config.batch_size, seed=config.seed),
         mesh=mesh,
-        workdir=workdir,
-        num_steps=config.num_steps,
-        config=config.to_dict(),
-        eval_fn=eval_fn,
-        eval_every=config.eval_every,
-        log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every,
-        keep_checkpoints=config.keep_checkpoints,
+        evaluate=lambda params: (evaluate(params), []),
         description="embedding_rm",
     )
-    if not final:
-        eval_fn(state)
     return final

@@ -36,7 +36,7 @@ from irl_jax.models import ModelConfig, Transformer
 from irl_jax.objectives import policy_gradient as pg
 from irl_jax.objectives.logprobs import masked_mean, next_token_entropy, next_token_logprobs
 from irl_jax.rewards import concat_prompt_response
-from irl_jax.train import TrainState, create_train_state, optimizer_from_config, train_loop
+from irl_jax.train import TrainState, create_train_state, optimizer_from_config
 from irl_jax.train.step import mean_over_microbatches, split_rows
 
 
@@ -363,34 +363,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     evaluator = common.policy_evaluator(
         config, setup.model_config, setup.tokenizer, setup.ref_params, setup.mesh, learned
     )
-    final: dict[str, float] = {}
-    samples: list[dict[str, Any]] = []
-
-    def eval_fn(state: TrainState) -> dict[str, float]:
-        metrics, logged = evaluator(state.params)
-        samples[:] = logged
-        final.update(metrics)
-        return metrics
-
-    state = train_loop(
+    state, final = common.run_loop(
+        config,
+        workdir,
         state=setup.state,
-        state_shardings=setup.state_shardings,
+        shardings=setup.state_shardings,
         train_step=setup.train_step,
         batches=setup.batches,
         mesh=setup.mesh,
-        workdir=workdir,
-        num_steps=config.num_steps,
-        config=config.to_dict(),
-        eval_fn=eval_fn,
-        eval_every=config.eval_every,
-        sample_fn=lambda state: list(samples),
-        log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every,
-        keep_checkpoints=config.keep_checkpoints,
+        evaluate=evaluator,
         description=config.policy_gradient.estimator,
     )
-    if not final:
-        eval_fn(state)
     if config.export:
         common.export(workdir, setup.model_config, state.params, setup.tokenizer)
     return final

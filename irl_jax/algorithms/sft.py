@@ -14,7 +14,7 @@ from irl_jax.data.iterator import BatchIterator
 from irl_jax.models import ModelConfig, Transformer
 from irl_jax.objectives.logprobs import next_token_logprobs
 from irl_jax.objectives.sft import nll_loss
-from irl_jax.train import create_train_state, make_train_step, optimizer_from_config, train_loop
+from irl_jax.train import create_train_state, make_train_step, optimizer_from_config
 
 
 def make_loss_fn(cfg: ModelConfig):
@@ -87,36 +87,26 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     )
     eval_step = make_eval_step(cfg, mesh, shardings.params)
     task = common.task_or_none(config)
-    final: dict[str, float] = {}
 
-    def eval_fn(state) -> dict[str, float]:
-        sums = common.evaluate_sums(
-            eval_step, state.params, eval_arrays, config.eval_batch_size, mesh
-        )
+    def evaluate(params) -> tuple[dict[str, float], list]:
+        sums = common.evaluate_sums(eval_step, params, eval_arrays, config.eval_batch_size, mesh)
         metrics = {"nll": sums["nll_sum"] / max(sums["tokens"], 1.0)}
         if task is not None:
             metrics["demonstrator_entropy"] = task.demonstrator_entropy()
             metrics["nll_gap"] = metrics["nll"] - metrics["demonstrator_entropy"]
-        final.update(metrics)
-        return metrics
+        return metrics, []
 
-    state = train_loop(
+    state, final = common.run_loop(
+        config,
+        workdir,
         state=state,
-        state_shardings=shardings,
+        shardings=shardings,
         train_step=lambda state, batch: step(state, batch, None),
         batches=BatchIterator(train_arrays, config.batch_size, seed=config.seed),
         mesh=mesh,
-        workdir=workdir,
-        num_steps=config.num_steps,
-        config=config.to_dict(),
-        eval_fn=eval_fn,
-        eval_every=config.eval_every,
-        log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every,
-        keep_checkpoints=config.keep_checkpoints,
+        evaluate=evaluate,
+        description="sft",
     )
-    if not final:
-        eval_fn(state)
     if config.export:
         common.export(workdir, cfg, state.params, tokenizer)
     return final

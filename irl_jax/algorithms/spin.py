@@ -32,7 +32,7 @@ from irl_jax.config import ConfigError, validate_config
 from irl_jax.data.iterator import BatchIterator
 from irl_jax.models import ModelConfig, Transformer
 from irl_jax.sampling import sample
-from irl_jax.train import create_train_state, make_train_step, optimizer_from_config, train_loop
+from irl_jax.train import create_train_state, make_train_step, optimizer_from_config
 from irl_jax.train.state import TrainState
 
 LOSSES = ("dpo", "robust_dpo", "ipo", "hinge")  # the pairwise losses with a reference
@@ -118,7 +118,8 @@ def make_spin_step(
 ):
     """``train_step(state, batch) -> (state, metrics)`` for ``train_loop`` (a Python function:
     new round → sample rejected responses → jitted DPO step). ``shardings`` must include
-    ``extras["reference"]`` (see ``with_reference``)."""
+    ``extras["reference"]`` (see ``with_reference``). One ``train_step`` drives one run: it
+    counts steps on the host from the state of its first call."""
     dpo_step = make_train_step(
         direct.make_loss_fn(cfg, section),
         optimizer,
@@ -137,9 +138,16 @@ def make_spin_step(
     rollout = jax.jit(pairs_and_length, out_shardings=shardings_out)
     start_round = jax.jit(set_reference, donate_argnums=0, out_shardings=shardings)
 
+    # The step count on the host: read from the state once (the first call comes after any
+    # restore), then counted here, so that no step waits for the device to say its number.
+    host_step: list[int] = []
+
     def train_step(state, batch):
-        if int(state.step) % section.steps_per_round == 0:
+        if not host_step:
+            host_step.append(int(state.step))
+        if host_step[0] % section.steps_per_round == 0:
             state = start_round(state)
+        host_step[0] += 1
         rng = jax.random.fold_in(state.step_rng(), 1)  # this step's sampling stream
         with jax.set_mesh(mesh):
             pairs, rejected_tokens = rollout(state.extras["reference"], batch, rng)
@@ -200,38 +208,23 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     )
     eval_step = sft.make_eval_step(cfg, mesh, shardings.params)
     policy_eval = common.policy_evaluator(config, cfg, tokenizer, initial, mesh)
-    final: dict[str, float] = {}
-    samples: list[dict[str, Any]] = []
 
-    def eval_fn(state) -> dict[str, float]:
-        sums = common.evaluate_sums(
-            eval_step, state.params, eval_arrays, config.eval_batch_size, mesh
-        )
-        metrics = {"eval/nll": sums["nll_sum"] / max(sums["tokens"], 1.0)}
-        policy_metrics, samples[:] = policy_eval(state.params)
-        metrics.update(policy_metrics)
-        final.update(metrics)
-        return metrics
+    def evaluate(params) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        sums = common.evaluate_sums(eval_step, params, eval_arrays, config.eval_batch_size, mesh)
+        metrics, samples = policy_eval(params)
+        return {"eval/nll": sums["nll_sum"] / max(sums["tokens"], 1.0), **metrics}, samples
 
-    state = train_loop(
+    state, final = common.run_loop(
+        config,
+        workdir,
         state=state,
-        state_shardings=shardings,
+        shardings=shardings,
         train_step=train_step,
         batches=BatchIterator(train_arrays, config.batch_size, seed=config.seed),
         mesh=mesh,
-        workdir=workdir,
-        num_steps=config.num_steps,
-        config=config.to_dict(),
-        eval_fn=eval_fn,
-        eval_every=config.eval_every,
-        sample_fn=lambda state: list(samples),
-        log_every=config.log_every,
-        checkpoint_every=config.checkpoint_every,
-        keep_checkpoints=config.keep_checkpoints,
+        evaluate=evaluate,
         description="spin",
     )
-    if not final:
-        eval_fn(state)
     if config.export:
         common.export(workdir, cfg, state.params, tokenizer)
     return final

@@ -36,6 +36,8 @@ from irl_jax.objectives.logprobs import sequence_logprobs
 from irl_jax.sampling import sample, teacher_forced_logprobs
 
 RewardFn = rewards_lib.RewardFn
+# A reward source scored with the source as an argument (a learned RM's params too).
+_score = jax.jit(rewards_lib.call)
 
 
 def mean_and_stderr(values: np.ndarray) -> tuple[float, float]:
@@ -160,7 +162,6 @@ def evaluate_policy(
     ref_model_config = ref_model_config or model_config
     with_win_rate = gold_key in reward_fns
     sources = {name: rewards_lib.as_pytree(fn) for name, fn in reward_fns.items()}
-    score = jax.jit(rewards_lib.call)  # sources are arguments (a learned RM's params too)
     settings = dict(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -194,13 +195,13 @@ def evaluate_policy(
             ),
         }
         for name, source in sources.items():
-            part[f"reward/{name}"] = score(source, ids, mask, *response)
+            part[f"reward/{name}"] = _score(source, ids, mask, *response)
         if with_win_rate:
             ref = sample(ref_model_config, ref_params, ids, mask, rng=ref_key, **settings)
             part["ref_response_ids"] = ref.response_ids
             part["ref_response_mask"] = ref.response_mask
             for name, source in sources.items():
-                part[f"ref_reward/{name}"] = score(
+                part[f"ref_reward/{name}"] = _score(
                     source, ids, mask, ref.response_ids, ref.response_mask
                 )
             part["win"] = win_scores(part[f"reward/{gold_key}"], part[f"ref_reward/{gold_key}"])
