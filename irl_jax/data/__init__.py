@@ -24,7 +24,8 @@ from irl_jax.data.formats import (
     detect_format,
 )
 from irl_jax.data.loading import RawRows, load_rows
-from irl_jax.data.tokenize import TokenizeStats, tokenize_records
+from irl_jax.data.stats import TokenizeStats
+from irl_jax.data.tokenize import tokenize_records
 from irl_jax.data.validation import validate_rows
 
 
@@ -41,6 +42,8 @@ def load_and_tokenize(
     margin_from_scores: bool = False,
     step_separator: str = "\n",
     max_errors: int = 5,
+    max_unk_rate: float | None = 0.01,
+    drop_identical: bool = True,
 ) -> tuple[dict[str, np.ndarray], TokenizeStats]:
     """Loads, validates and tokenizes a dataset into fixed-shape numpy arrays.
 
@@ -58,12 +61,17 @@ def load_and_tokenize(
       margin_from_scores: preference ``margin = chosen_score - rejected_score``.
       step_separator: text closing each step of stepwise rows.
       max_errors: how many invalid rows an error lists.
+      max_unk_rate: the largest fraction of text tokens that may be the tokenizer's unknown
+        token (``None``: no limit); more means the tokenizer does not fit the text.
+      drop_identical: drop (and count in ``stats.rows_identical``) preference pairs / rankings
+        whose sequences are not all distinct after truncation (``chosen == rejected``).
 
     Returns:
       ``(arrays, stats)``; the arrays per kind are listed in ``tokenize_records``.
 
     Raises:
-      DataError: unreadable source, unknown format, or an invalid row (naming row and field).
+      DataError: unreadable source, unknown format, an invalid row (naming row and field), or
+        text that is mostly unknown tokens under ``tokenizer``.
     """
     raw = load_rows(source, column_map, split=split)
     fmt = detect_format(raw.columns, format, source=raw.source)
@@ -78,6 +86,8 @@ def load_and_tokenize(
         max_prompt_length,
         source=raw.source,
         step_separator=step_separator,
+        max_unk_rate=max_unk_rate,
+        drop_identical=drop_identical,
     )
 
 

@@ -27,6 +27,11 @@ Truncation, per sequence: the prompt keeps its **last** ``max_prompt_length`` to
 ``max_length``, so a cut response has no eos. A row with a sequence left without any target
 token (stepwise: without any step boundary) is dropped and counted. Prompt-only rows keep the
 last ``max_prompt_length or max_length`` prompt tokens and are left-padded.
+
+Silent garbage is refused or counted: text that is mostly the tokenizer's unknown token (a
+tokenizer that does not fit the text) is a ``DataError`` above ``max_unk_rate``; a preference
+pair or ranking whose sequences are not all distinct after truncation (``chosen == rejected``)
+teaches nothing and is dropped and counted.
 """
 
 from __future__ import annotations
@@ -36,21 +41,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from absl import logging
 
 from irl_jax.data.formats import KINDS, DataError, Example, Record
-
-
-@dataclasses.dataclass
-class TokenizeStats:
-    """Row counts of one tokenization (truncation counts are over kept rows; a row counts once
-    even when several of its sequences were cut)."""
-
-    rows_in: int = 0
-    rows_kept: int = 0
-    prompts_truncated: int = 0
-    responses_truncated: int = 0
-    rows_dropped: int = 0
+from irl_jax.data.stats import TokenizeStats, check_unknown, count_unknown, log_stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +217,8 @@ def tokenize_records(
     *,
     source: str = "<data>",
     step_separator: str = "\n",
+    max_unk_rate: float | None = 0.01,
+    drop_identical: bool = True,
 ) -> tuple[dict[str, np.ndarray], TokenizeStats]:
     """Tokenizes validated records into fixed-shape arrays (see the module docstring).
 
@@ -237,6 +232,11 @@ def tokenize_records(
         for ``kind="prompt"`` it is P, the padded prompt length (default ``max_length``).
       source: named in errors and logs.
       step_separator: text whose tokens close each step (stepwise; TRL's default ``"\\n"``).
+      max_unk_rate: the largest fraction of text tokens that may be the tokenizer's unknown
+        token (``None``: no limit); more means the tokenizer does not fit the text.
+      drop_identical: drop (and count) preference pairs / rankings whose sequences are not all
+        distinct after truncation; ``False`` keeps them (candidate sets, where repeats are
+        expected).
 
     Returns:
       ``(arrays, stats)``: numpy arrays with first dimension N = kept rows (int32 ids and masks):
@@ -245,6 +245,9 @@ def tokenize_records(
       [N, T] float32); preference ``{chosen,rejected}_{input_ids,attention_mask,loss_mask}``
       [N, T] and ``margin`` [N] float32; ranking ``input_ids``, ``attention_mask``,
       ``loss_mask`` [N, K, T]; prompt ``prompt_ids``, ``prompt_mask`` [N, P] left-padded.
+
+    Raises:
+      DataError: more unknown tokens than ``max_unk_rate``, or no row left.
     """
     eos, pad = _special_ids(tokenizer, kind, max_length, max_prompt_length)
     rendered = _render(records, tokenizer, source)
@@ -255,6 +258,8 @@ def tokenize_records(
     budget = max_prompt_length or max_length
     length = budget if kind == "prompt" else max_length
     stats = TokenizeStats(rows_in=len(records))
+    count_unknown(stats, tokenizer, rendered, table)
+    check_unknown(stats, tokenizer, source, max_unk_rate)
     kept, fitted = [], []
     for record, pieces in zip(records, rendered):
         seqs = [
@@ -264,18 +269,23 @@ def tokenize_records(
         if not all(_useful(kind, seq) for seq in seqs):
             stats.rows_dropped += 1
             continue
+        if drop_identical and kind in ("preference", "ranking") and not _distinct(seqs):
+            stats.rows_identical += 1
+            continue
         stats.prompts_truncated += any(seq.prompt_cut for seq in seqs)
         stats.responses_truncated += any(seq.response_cut for seq in seqs)
         kept.append(record)
         fitted.append(seqs)
     stats.rows_kept = len(kept)
     if not kept:
-        raise DataError(
-            f"{source}: all {stats.rows_in} rows were dropped because nothing of their "
-            f"response fits in max_length={max_length} (max_prompt_length={max_prompt_length})",
-            source=source,
+        why = (
+            f"because nothing of their response fits in max_length={max_length} "
+            f"(max_prompt_length={max_prompt_length})"
         )
-    _log(source, kind, stats)
+        if stats.rows_identical:
+            why = f"({stats.rows_identical} have identical sequences, {stats.rows_dropped} {why})"
+        raise DataError(f"{source}: all {stats.rows_in} rows were dropped {why}", source=source)
+    log_stats(source, kind, stats)
     return _stack(kind, kept, fitted, length, pad), stats
 
 
@@ -329,6 +339,11 @@ def _render(
     return rendered
 
 
+def _distinct(seqs: list[_Fitted]) -> bool:
+    """Whether the sequences of a pair / ranking all differ (ids or target positions)."""
+    return len({(tuple(seq.ids), tuple(seq.loss_mask)) for seq in seqs}) == len(seqs)
+
+
 def _useful(kind: str, seq: _Fitted) -> bool:
     """Whether a fitted sequence still has what its kind trains on."""
     if kind == "prompt":
@@ -336,18 +351,3 @@ def _useful(kind: str, seq: _Fitted) -> bool:
     if kind == "stepwise":
         return bool(seq.step_ends)
     return any(seq.loss_mask)
-
-
-def _log(source: str, kind: str, stats: TokenizeStats) -> None:
-    logging.info(
-        "%s (%s): %d rows in, %d kept, %d prompts truncated on the left, %d responses cut on "
-        "the right, %d dropped",
-        source, kind, stats.rows_in, stats.rows_kept, stats.prompts_truncated,
-        stats.responses_truncated, stats.rows_dropped,
-    )  # fmt: skip
-    if stats.rows_dropped:
-        logging.warning(
-            "%s: dropped %d of %d rows whose response was truncated to nothing (raise "
-            "max_length or lower max_prompt_length)",
-            source, stats.rows_dropped, stats.rows_in,
-        )  # fmt: skip

@@ -10,7 +10,6 @@ gathered on one device. Export writes files that ``transformers`` loads back.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from flax import traverse_util
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from irl_jax import sharding as sharding_lib
 from irl_jax.models.config import ModelConfig
@@ -30,6 +29,7 @@ from irl_jax.models.hf_config import (
     config_from_hf,
     config_to_hf,
     read_config,
+    read_json,
 )
 from irl_jax.models.transformer import Transformer, unstack_layers
 
@@ -148,20 +148,41 @@ def _rules(cfg: ModelConfig, kind: str) -> list[_Rule]:
 # ----------------------------------------------------------------------------- loading
 
 
+def _safe_open(file: str):
+    """``safe_open`` (flax backend: numpy's cannot read bf16) with errors naming the file."""
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file}: no such safetensors file")
+    try:
+        return safe_open(file, framework="flax")
+    except SafetensorError as e:
+        size = os.path.getsize(file)
+        raise ValueError(
+            f"{file}: not a readable safetensors file (truncated or corrupt? {size} bytes; {e})"
+        ) from None
+
+
 class _TensorReader:
-    """Reads tensors one at a time from ``model.safetensors`` or a sharded index."""
+    """Reads tensors one at a time from ``model.safetensors`` or a sharded index; every file's
+    header is read (and so checked) when the reader is made."""
 
     def __init__(self, path: str):
         single = os.path.join(path, "model.safetensors")
         index = os.path.join(path, "model.safetensors.index.json")
         if os.path.isfile(single):
-            self._files = {}
-            with safe_open(single, framework="flax") as f:
+            with _safe_open(single) as f:
                 self._files = dict.fromkeys(f.keys(), single)
         elif os.path.isfile(index):
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{index}: expected a 'weight_map' object (tensor -> file)")
             self._files = {name: os.path.join(path, file) for name, file in weight_map.items()}
+            for file in sorted(set(self._files.values())):
+                with _safe_open(file) as f:
+                    absent = {n for n, in_file in self._files.items() if in_file == file}
+                    absent -= set(f.keys())
+                if absent:
+                    listed = sorted(absent)[:5]
+                    raise ValueError(f"{file}: lacks tensors {listed} that {index} lists")
         else:
             raise FileNotFoundError(
                 f"{path!r} has neither model.safetensors nor model.safetensors.index.json"
@@ -171,12 +192,11 @@ class _TensorReader:
         return set(self._files)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        with safe_open(self._files[name], framework="flax") as f:
+        with _safe_open(self._files[name]) as f:
             return tuple(f.get_slice(name).get_shape())
 
     def get(self, name: str) -> np.ndarray:
-        # framework="flax": the numpy backend cannot read bf16 tensors.
-        with safe_open(self._files[name], framework="flax") as f:
+        with _safe_open(self._files[name]) as f:
             return np.asarray(f.get_tensor(name))
 
 
@@ -217,13 +237,17 @@ def load_pretrained(
       (``{"transformer": ..., "score": ...}``).
 
     Raises:
-      FileNotFoundError, ValueError: missing files, unsupported architecture, or a missing or
-        wrongly shaped tensor (named in the message).
+      FileNotFoundError, ValueError: missing files, a corrupt or truncated ``config.json`` /
+        safetensors file, an unsupported architecture, or a missing or wrongly shaped tensor
+        (named in the message).
     """
     hf = read_config(path)
-    config, kind = config_from_hf(
-        hf, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers, **config_overrides
-    )
+    try:
+        config, kind = config_from_hf(
+            hf, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers, **config_overrides
+        )
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     reader = _TensorReader(path)
     names = reader.names()
     # The score head's rows are the labels (config.json omits id2label for some counts).

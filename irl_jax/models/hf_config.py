@@ -26,13 +26,40 @@ ARCHITECTURES = {
 }
 
 
+def read_json(file: str) -> dict[str, Any]:
+    """A JSON object from ``file``; a corrupt file is a ValueError naming it and what is wrong.
+
+    Raises:
+      ValueError: not UTF-8, not valid JSON, or not a JSON object.
+    """
+    try:
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{file}: not a UTF-8 text file (corrupt? {e.reason} at byte {e.start})"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{file}: not valid JSON (truncated or corrupt? {e.msg}: line {e.lineno}, "
+            f"column {e.colno})"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected a JSON object, got a {type(data).__name__}")
+    return data
+
+
 def read_config(path: str) -> dict[str, Any]:
-    """The ``config.json`` of a local checkpoint directory, with a clear error if absent."""
+    """The ``config.json`` of a local checkpoint directory.
+
+    Raises:
+      FileNotFoundError: no ``config.json``.
+      ValueError: a ``config.json`` that is not a JSON object (the message names the file).
+    """
     file = os.path.join(path, "config.json")
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{path!r} is not a Hugging Face checkpoint: no config.json")
-    with open(file, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(file)
 
 
 def _rope_from_hf(hf: dict[str, Any]) -> tuple[float, RopeScaling | None]:
@@ -85,20 +112,8 @@ def _as_tuple(ids: Any) -> tuple[int, ...]:
     return tuple(ids) if isinstance(ids, list | tuple) else (int(ids),)
 
 
-def config_from_hf(hf: dict[str, Any], **overrides: Any) -> tuple[ModelConfig, str]:
-    """``ModelConfig`` and checkpoint kind (``causal_lm`` / ``reward_model``) from a config dict.
-
-    Raises:
-      ValueError: an architecture irl_jax does not implement, named in the message.
-    """
-    names = hf.get("architectures") or []
-    known = [name for name in names if name in ARCHITECTURES]
-    if not known:
-        raise ValueError(
-            f"unsupported architecture {names or hf.get('model_type')!r}; supported: "
-            f"{sorted(ARCHITECTURES)}"
-        )
-    architecture, kind = ARCHITECTURES[known[0]]
+def _fields_from_hf(hf: dict[str, Any], architecture: str) -> dict[str, Any]:
+    """``ModelConfig`` fields of the network's shape (KeyError: a required entry is missing)."""
     if architecture == "gpt2":
         hidden = hf["n_embd"]
         fields = dict(
@@ -145,6 +160,28 @@ def config_from_hf(hf: dict[str, Any], **overrides: Any) -> tuple[ModelConfig, s
             mlp_bias=hf.get("mlp_bias", False),
             sliding_window=_sliding_window_from_hf(hf, architecture),
         )
+    return fields
+
+
+def config_from_hf(hf: dict[str, Any], **overrides: Any) -> tuple[ModelConfig, str]:
+    """``ModelConfig`` and checkpoint kind (``causal_lm`` / ``reward_model``) from a config dict.
+
+    Raises:
+      ValueError: an architecture irl_jax does not implement, or a missing entry, named in the
+        message.
+    """
+    names = hf.get("architectures") or []
+    known = [name for name in names if name in ARCHITECTURES]
+    if not known:
+        raise ValueError(
+            f"unsupported architecture {names or hf.get('model_type')!r}; supported: "
+            f"{sorted(ARCHITECTURES)}"
+        )
+    architecture, kind = ARCHITECTURES[known[0]]
+    try:
+        fields = _fields_from_hf(hf, architecture)
+    except KeyError as e:
+        raise ValueError(f"config.json lacks {e.args[0]!r}, needed by {known[0]}") from None
     fields.update(
         architecture=architecture,
         bos_token_id=hf.get("bos_token_id"),
