@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from irl_jax import sharding
 from irl_jax.algorithms import direct, reward_model, sft
 from irl_jax.models import ModelConfig, Transformer, preset
+from irl_jax.models import source as model_source
 from irl_jax.models.heads import RewardModel
-from irl_jax.train import create_train_state, make_optimizer, make_train_step
+from irl_jax.train import create_model, create_state, make_optimizer, supervised_step
 
 
 def model_config(size) -> ModelConfig:
@@ -42,18 +42,18 @@ def time_train_step(model, loss_fn, batch, repeats: int) -> dict[str, float]:
     from benchmarks.timing import median_seconds
 
     mesh = sharding.make_mesh({"data": -1})
-    ids = jnp.zeros((1, 2), jnp.int32)
-    init = lambda: model.init(jax.random.key(0), ids, jnp.ones_like(ids))["params"]
     optimizer, _ = make_optimizer(num_steps=1000, learning_rate=1e-4, max_grad_norm=1.0)
-    state, shardings = create_train_state(init, optimizer, mesh, seed=0)
-    step = make_train_step(loss_fn, optimizer, shardings, mesh)
+    trained = create_model(model_source.init_fn(model, 0), optimizer, mesh)
+    state, shardings = create_state(mesh, seed=0, models={"policy": trained})
+    step = supervised_step(loss_fn, optimizer, shardings, mesh)
     data = sharding.batch_sharding(mesh)
     batch = {k: jax.device_put(v, data) for k, v in batch.items()}
-    flops = _flops(step.lower(state, batch, None).compile())
+    with jax.set_mesh(mesh):
+        flops = _flops(step.jitted.lower(state, batch).compile())
     holder = {"state": state}
 
     def one_step():
-        holder["state"], metrics = step(holder["state"], batch, None)
+        holder["state"], metrics = step(holder["state"], batch)
         metrics["loss"].block_until_ready()
 
     seconds = median_seconds(one_step, repeats, warmup=2)
@@ -132,7 +132,7 @@ def measure(size, workload, repeats: int) -> dict[str, float]:
         # DPO with reference log-probs precomputed once (the default; TRL's precompute mode).
         "dpo": (
             Transformer(cfg),
-            direct.make_loss_fn(cfg, direct.default_config()),
+            direct.make_loss_fn(cfg, direct.default_config(), on_the_fly=False),
             pair_batch(size, workload),
         ),
     }

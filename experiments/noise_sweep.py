@@ -121,34 +121,25 @@ def markdown(rows: list[dict], seconds: float) -> str:
 
 
 def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
+    """Both metrics against the measured flip rate, one line per (loss, pairing)."""
+    from irl_jax import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, name, label in zip(axes, METRICS, ("accuracy against gold", "Spearman ρ per prompt")):
-        for pairing, style in zip(PAIRINGS, ("-", "--")):
-            flips = [row[f"flip_{pairing}"] for row in rows]
-            for loss, color in zip(LOSSES, ("tab:blue", "tab:orange")):
-                mean, std = np.array([row[(pairing, loss, name)] for row in rows]).T
-                ax.errorbar(
-                    flips,
-                    mean,
-                    yerr=std,
-                    color=color,
-                    linestyle=style,
-                    marker="o",
-                    capsize=3,
-                    label=f"{loss}, {pairing.replace('_', '-')}",
-                )
-        ax.set_xlabel("label flip rate (β_ann = ∞ … 0.5)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle("Embedding reward models under annotation noise")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    curves = {}
+    for pairing in PAIRINGS:
+        flips = [row[f"flip_{pairing}"] for row in rows]
+        for loss in LOSSES:
+            label = f"{loss}, {pairing.replace('_', '-')}"
+            curves[label] = {
+                name: (flips, *np.array([row[(pairing, loss, name)] for row in rows]).T)
+                for name in METRICS
+            }
+    plots.metric_grid(
+        curves,
+        list(METRICS),
+        path,
+        xlabel="label flip rate (β_ann = ∞ … 0.5)",
+        title="Embedding reward models under annotation noise",
+    )
 
 
 def main(argv: list[str]) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -112,6 +113,33 @@ class CheckpointManager:
             ),
         )
         return _data_to_keys(restored.state, like), dict(restored.data), dict(restored.config)
+
+    def read(self, step: int | None = None) -> Any:
+        """The state saved at ``step`` (default: latest) as host numpy arrays, without a target
+        structure (typed PRNG keys come back as their raw key data): for inspecting and
+        comparing checkpoints."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        metadata = self._manager.item_metadata(step).state
+        target = jax.tree.map(
+            lambda m: np.zeros(m.shape, m.dtype), metadata, is_leaf=lambda m: hasattr(m, "shape")
+        )
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target),
+                data=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
+            ),
+        )
+        return jax.tree.map(np.asarray, restored.state)
+
+    def read_data(self, step: int | None = None) -> dict[str, Any]:
+        """The data-stream positions saved at ``step`` (default: latest)."""
+        step = self.latest_step() if step is None else step
+        args = ocp.args.Composite(data=ocp.args.JsonRestore())
+        return dict(self._manager.restore(step, args=args).data)
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""

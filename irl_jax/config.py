@@ -1,9 +1,15 @@
-"""The one base experiment config, and its validation (run before anything compiles).
+"""The base experiment config, and the checks of its shared fields (run before anything compiles).
 
-Experiment files (``experiments/configs/*.py``) start from ``base_config(algorithm)`` and change a
-few fields. Canonical fields: ``seed``, ``num_steps``, ``batch_size``, ``mesh_shape``,
-``eval_every``, ``checkpoint_every``, ``model`` (a preset name or a Hugging Face directory) and
-``data``; the algorithm's own options live in a section named after it (``config.dpo.beta``).
+Experiment files (``experiments/configs/*.py``) start from
+``irl_jax.algorithms.experiment_config(algorithm)`` — this base plus the algorithm's own section,
+named after it (``config.direct.beta``) — and change a few fields. This module knows no
+algorithm: the algorithms import it, never the other way round.
+
+Canonical fields: ``seed``, ``num_steps``, ``batch_size``, ``mesh_shape``, ``eval_every``,
+``checkpoint_every``, ``model`` (a preset name or a Hugging Face directory), ``data``,
+``optimizer`` (the trained model's; a second trained model has its own, e.g.
+``critic.optimizer``), ``sampling`` and ``reward`` (shared by every algorithm that samples or
+scores responses) and ``policy_eval``.
 """
 
 from __future__ import annotations
@@ -14,9 +20,88 @@ import ml_collections
 
 from irl_jax.models.config import PRESETS
 
+REWARD_SOURCES = ("gold", "verifier", "model")
+ENSEMBLE_AGGREGATIONS = ("mean", "wco", "uwo")
+STEP_AGGREGATIONS = ("mean", "min", "last")
+
+
+class ConfigError(ValueError):
+    """An invalid experiment config; the message names the field."""
+
+
+def require(condition: bool, field: str, message: str) -> None:
+    """Raises ``ConfigError("config.<field>: <message>")`` unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def check_fields(
+    section: ml_collections.ConfigDict,
+    where: str,
+    *,
+    choices: dict[str, tuple] | None = None,
+    at_least: dict[str, float] | None = None,
+) -> None:
+    """``section.<field>`` (``config.<where>.<field>``) is one of ``choices[field]`` and at least
+    ``at_least[field]``; raises ``ConfigError`` naming the first field that is not."""
+    for field, options in (choices or {}).items():
+        value = section[field]
+        require(value in options, f"{where}.{field}", f"{value!r} not in {options}")
+    for field, low in (at_least or {}).items():
+        value = section[field]
+        require(value >= low, f"{where}.{field}", f"must be >= {low}, got {value}")
+
+
+def optimizer_config(learning_rate: float = 1e-3) -> ml_collections.ConfigDict:
+    """An ``optimizer`` section (``irl_jax.train.optimizer_from_config``); every trained model
+    has one."""
+    return ml_collections.ConfigDict(
+        {
+            "name": "adamw",
+            "learning_rate": learning_rate,
+            "warmup_steps": 10,
+            "schedule": "cosine",
+            "end_lr_fraction": 0.1,
+            "weight_decay": 0.0,
+            "b1": 0.9,
+            "b2": 0.999,
+            "eps": 1e-8,
+            "max_grad_norm": 1.0,
+            "frozen": (),
+        }
+    )
+
+
+def sampling_config() -> ml_collections.ConfigDict:
+    """``config.sampling``: how an algorithm that trains on its own samples draws them."""
+    return ml_collections.ConfigDict(
+        {
+            "max_new_tokens": 24,  # L_max, the generation budget
+            "temperature": 1.0,
+            "top_k": 0,  # 0 = off
+            "top_p": 1.0,  # 1 = off
+            "group_size": 1,  # responses per prompt (GRPO / RLOO groups)
+        }
+    )
+
+
+def reward_config() -> ml_collections.ConfigDict:
+    """``config.reward``: the reward source of algorithms that score samples."""
+    return ml_collections.ConfigDict(
+        {
+            "source": "gold",  # gold | verifier (synthetic tasks) | model (a reward-model export)
+            "model": "",  # source="model": a reward-model export directory (e.g. runs/rm/export)
+            "aggregation": "mean",  # an ensemble reward model's mean | wco | uwo
+            "uwo_penalty": 0.0,  # uwo's λ on the members' variance
+            # A process reward model's response score from its step-boundary scores.
+            "step_aggregation": "min",  # mean | min | last
+        }
+    )
+
 
 def base_config(algorithm: str = "sft") -> ml_collections.ConfigDict:
-    """Defaults shared by every experiment (a tiny model on a synthetic task, CPU-sized)."""
+    """Defaults shared by every experiment (a tiny model on a synthetic task, CPU-sized), without
+    the algorithm's own section (see ``irl_jax.algorithms.experiment_config``)."""
     c = ml_collections.ConfigDict()
     c.algorithm = algorithm
     c.seed = 0
@@ -73,34 +158,17 @@ def base_config(algorithm: str = "sft") -> ml_collections.ConfigDict:
             "num_samples_to_log": 4,
         }
     )
-    c.optimizer = ml_collections.ConfigDict(
-        {
-            "name": "adamw",
-            "learning_rate": 1e-3,
-            "warmup_steps": 10,
-            "schedule": "cosine",
-            "end_lr_fraction": 0.1,
-            "weight_decay": 0.0,
-            "b1": 0.9,
-            "b2": 0.999,
-            "eps": 1e-8,
-            "max_grad_norm": 1.0,
-            "frozen": (),
-        }
-    )
-    from irl_jax import algorithms
-
-    section = algorithms.default_section(algorithm)
-    if section is not None:
-        c[algorithm] = section
+    c.optimizer = optimizer_config()
+    c.sampling = sampling_config()
+    c.reward = reward_config()
     return c
 
 
-class ConfigError(ValueError):
-    """An invalid experiment config; the message names the field."""
-
-
-def _check_keys(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, where):
+def check_keys(
+    config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, where: str = ""
+) -> None:
+    """Every field of ``config`` exists in ``reference`` (recursively); raises ``ConfigError``
+    naming the unknown field and the known ones."""
     for key in config:
         if key not in reference:
             known = ", ".join(sorted(reference.keys()))
@@ -111,91 +179,161 @@ def _check_keys(config: ml_collections.ConfigDict, reference: ml_collections.Con
             and len(expected)
             and isinstance(value, ml_collections.ConfigDict)
         ):
-            _check_keys(value, expected, f"{where}{key}.")
+            check_keys(value, expected, f"{where}{key}.")
 
 
-def _require(condition: bool, field: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"config.{field}: {message}")
+def check_optimizer(section: ml_collections.ConfigDict, where: str) -> None:
+    """An ``optimizer`` section's values."""
+    require(section.learning_rate > 0, f"{where}.learning_rate", "must be positive")
+    require(section.warmup_steps >= 0, f"{where}.warmup_steps", "must be >= 0")
 
 
-def validate_config(
-    config: ml_collections.ConfigDict,
-    device_count: int | None = None,
-    *,
-    check_paths: bool = True,
-) -> None:
-    """Checks field names and values; raises ``ConfigError`` naming the field.
+def check_sampling(section: ml_collections.ConfigDict, where: str = "sampling") -> None:
+    """``config.sampling``'s values."""
+    s = section
+    require(
+        s.max_new_tokens >= 1, f"{where}.max_new_tokens", f"must be >= 1, got {s.max_new_tokens}"
+    )
+    require(s.temperature > 0, f"{where}.temperature", f"must be > 0, got {s.temperature}")
+    require(s.top_k >= 0, f"{where}.top_k", f"must be >= 0, got {s.top_k}")
+    require(0 < s.top_p <= 1, f"{where}.top_p", f"must be in (0, 1], got {s.top_p}")
+    require(s.group_size >= 1, f"{where}.group_size", f"must be >= 1, got {s.group_size}")
+
+
+def check_reward(config: ml_collections.ConfigDict) -> None:
+    """``config.reward`` of an algorithm that scores samples: its values, and a source that
+    exists for this data (a gold reward needs a synthetic task)."""
+    r = config.reward
+    require(r.source in REWARD_SOURCES, "reward.source", f"{r.source!r} not in {REWARD_SOURCES}")
+    require(
+        r.aggregation in ENSEMBLE_AGGREGATIONS,
+        "reward.aggregation",
+        f"{r.aggregation!r} not in {ENSEMBLE_AGGREGATIONS}",
+    )
+    require(r.uwo_penalty >= 0, "reward.uwo_penalty", f"must be >= 0, got {r.uwo_penalty}")
+    require(
+        r.step_aggregation in STEP_AGGREGATIONS,
+        "reward.step_aggregation",
+        f"{r.step_aggregation!r} not in {STEP_AGGREGATIONS}",
+    )
+    require(
+        r.source == "model" or not config.data.path,
+        "reward.source",
+        f"{r.source!r} needs a synthetic task (data.task) with a known reward, not a data file "
+        "(data.path); score file data with a trained reward model: reward.source='model'",
+    )
+
+
+def check_minibatches(config: ml_collections.ConfigDict, num_minibatches: int, field: str) -> None:
+    """The ``batch_size · sampling.group_size`` responses of an RL iteration split into
+    ``num_minibatches × grad_accum_steps`` parts, each divisible by the data-parallel size."""
+    from irl_jax import sharding as sharding_lib
+
+    rows = config.batch_size * config.sampling.group_size
+    mesh = sharding_lib.make_mesh(dict(config.mesh_shape))
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    parts = num_minibatches * config.grad_accum_steps
+    require(
+        rows % parts == 0 and (rows // parts) % data_parallel == 0,
+        field,
+        f"batch_size · group_size = {rows} responses must split into num_minibatches="
+        f"{num_minibatches} × grad_accum_steps={config.grad_accum_steps} parts each divisible "
+        f"by the data-parallel size {data_parallel}",
+    )
+
+
+def check_reward_paths(config: ml_collections.ConfigDict) -> None:
+    """A learned reward (``reward.source="model"``) must be a Hugging Face directory."""
+    r = config.reward
+    if r.source == "model":
+        require(
+            os.path.isfile(os.path.join(r.model, "config.json")),
+            "reward.model",
+            f"{r.model!r} is not a Hugging Face directory with a config.json; reward.source="
+            "'model' scores with a trained reward model: run `python -m experiments.run "
+            "--config=experiments/configs/rm_bt.py --workdir=runs/rm` and set "
+            "--config.reward.model=runs/rm/export",
+        )
+
+
+def validate_base(config: ml_collections.ConfigDict, devices: list | None = None) -> dict[str, int]:
+    """Checks the shared fields' values; raises ``ConfigError`` naming the field.
 
     Args:
-      config: the experiment config.
-      device_count: devices to build the mesh on (default: all JAX devices).
-      check_paths: also check that the directories the run reads from exist (``tokenizer``,
-        ``init_from`` and the algorithm's ``validate_paths``); a pipeline turns this off for a
-        stage that reads an earlier stage's output, which does not exist yet.
+      config: the experiment config (field names already checked).
+      devices: the devices the mesh is built on (default: all JAX devices).
+
+    Returns:
+      The mesh shape ``{axis: size}`` the config resolves to.
     """
     import jax
 
-    from irl_jax import algorithms
     from irl_jax import sharding as sharding_lib
 
-    if config.get("algorithm") == "pipeline":
-        algorithms.module("pipeline").validate(config)
-        return
-    if config.get("algorithm") not in algorithms.MODULES:
-        raise ConfigError(
-            f"config.algorithm={config.get('algorithm')!r}; expected one of "
-            f"{sorted(algorithms.MODULES)}"
-        )
-    _check_keys(config, base_config(config.algorithm), "")
-    _require(config.num_steps > 0, "num_steps", f"must be positive, got {config.num_steps}")
-    _require(config.batch_size > 0, "batch_size", f"must be positive, got {config.batch_size}")
-    _require(
+    require(config.num_steps > 0, "num_steps", f"must be positive, got {config.num_steps}")
+    require(config.batch_size > 0, "batch_size", f"must be positive, got {config.batch_size}")
+    require(0 <= config.seed < 2**31, "seed", f"must be in [0, 2**31), got {config.seed}")
+    require(
         config.grad_accum_steps > 0 and config.batch_size % config.grad_accum_steps == 0,
         "grad_accum_steps",
         f"{config.grad_accum_steps} must divide batch_size={config.batch_size}",
     )
-    for field in ("eval_every", "checkpoint_every", "log_every"):
-        _require(config[field] >= 0, field, f"must be >= 0, got {config[field]}")
-    _require(config.log_every > 0, "log_every", "must be positive")
-    devices = jax.devices()[: device_count or jax.device_count()]
+    for field in ("eval_every", "checkpoint_every"):
+        require(config[field] >= 0, field, f"must be >= 0, got {config[field]}")
+    require(config.log_every > 0, "log_every", f"must be positive, got {config.log_every}")
+    require(
+        config.keep_checkpoints >= 1,
+        "keep_checkpoints",
+        f"must be >= 1 (the newest checkpoint is how a run resumes), got {config.keep_checkpoints}",
+    )
     try:
-        mesh = sharding_lib.make_mesh(dict(config.mesh_shape), devices)
+        mesh = sharding_lib.make_mesh(dict(config.mesh_shape), devices or jax.devices())
     except ValueError as e:
         raise ConfigError(f"config.mesh_shape: {e}") from None
-    batch_axes = mesh.shape["data"] * mesh.shape["fsdp"]
-    _require(
-        (config.batch_size // config.grad_accum_steps) % batch_axes == 0,
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = config.batch_size // config.grad_accum_steps
+    require(
+        micro % data_parallel == 0,
         "batch_size",
-        f"{config.batch_size} (per microbatch {config.batch_size // config.grad_accum_steps}) "
-        f"must be divisible by the data-parallel size data*fsdp={batch_axes}",
+        f"{config.batch_size} (per microbatch {micro}) must be divisible by the data-parallel "
+        f"size data*fsdp={data_parallel}",
     )
-    _require(
+    require(
+        config.eval_batch_size > 0 and config.eval_batch_size % data_parallel == 0,
+        "eval_batch_size",
+        f"{config.eval_batch_size} must be positive and divisible by the data-parallel size "
+        f"data*fsdp={data_parallel}",
+    )
+    require(
         config.model in PRESETS or os.path.isfile(os.path.join(config.model, "config.json")),
         "model",
         f"{config.model!r} is neither a preset ({sorted(PRESETS)}) nor a directory with a "
         "config.json",
     )
-    for field in ("tokenizer", "init_from") if check_paths else ():
-        path = config[field]
-        _require(not path or os.path.isdir(path), field, f"directory {path!r} does not exist")
-    _require(config.optimizer.learning_rate > 0, "optimizer.learning_rate", "must be positive")
-    _require(config.data.max_length > 1, "data.max_length", "must be > 1")
+    overrides, base = config.model_overrides, PRESETS.get(config.model)
+    hidden = overrides.hidden_size or (base.hidden_size if base else None)
+    heads = overrides.num_heads or (base.num_heads if base else None)
+    require(
+        hidden is None or heads is None or hidden % heads == 0,
+        "model_overrides.hidden_size",
+        f"{hidden} is not divisible by num_heads={heads} (transformers refuses such a checkpoint)",
+    )
+    check_optimizer(config.optimizer, "optimizer")
+    check_sampling(config.sampling)
+    require(config.data.max_length > 1, "data.max_length", "must be > 1")
     if config.data.path:
-        _require(os.path.exists(config.data.path), "data.path", f"{config.data.path!r} not found")
+        require(os.path.exists(config.data.path), "data.path", f"{config.data.path!r} not found")
     else:
         from irl_jax.tasks import TASKS
 
-        _require(
+        require(
             config.data.task in TASKS,
             "data.task",
             f"{config.data.task!r} is not a synthetic task ({sorted(TASKS)}) and data.path is "
             "empty",
         )
-    # The algorithm's own section (each module's ``validate(config)``) and the directories it
-    # reads (``validate_paths(config)``).
-    module = algorithms.module(config.algorithm)
-    if hasattr(module, "validate"):
-        module.validate(config)
-    if check_paths and hasattr(module, "validate_paths"):
-        module.validate_paths(config)
+    p = config.policy_eval
+    for field in ("num_prompts", "max_new_tokens", "batch_size"):
+        require(p[field] >= 1, f"policy_eval.{field}", f"must be >= 1, got {p[field]}")
+    require(p.temperature > 0, "policy_eval.temperature", f"must be > 0, got {p.temperature}")
+    return dict(mesh.shape)

@@ -4,7 +4,8 @@ A reward source is ``fn(prompt_ids, prompt_mask, response_ids, response_mask) ->
 (float32) with prompts left-padded ``[B, P]`` and responses right-padded ``[B, N]`` whose mask
 covers the generated tokens, the stopping EOS included. Sources: a synthetic task's gold reward,
 a verifier on decoded text, a learned reward model (or ensemble), weighted sums, a length
-penalty, DAPO's over-long penalty, and running normalization.
+penalty, DAPO's over-long penalty, and running normalization. ``load_reward_model`` turns a
+reward-model export (an ensemble, or a process reward model) into a source.
 
 A learned reward model is a pytree (``LearnedReward``: its params are leaves), and ``as_pytree``
 wraps a parameter-free source as a leafless one, so that jitted code takes any source as an
@@ -50,7 +51,8 @@ class Static:
 
 def as_pytree(source: RewardFn) -> Any:
     """``source`` itself if it is already a pytree source, else ``Static(source)``."""
-    return source if isinstance(source, (Static, LearnedReward, WeightedSum)) else Static(source)
+    pytrees = (Static, LearnedReward, ProcessReward, WeightedSum)
+    return source if isinstance(source, pytrees) else Static(source)
 
 
 @flax.struct.dataclass
@@ -149,6 +151,129 @@ class LearnedReward:
         return scores.astype(jnp.float32)
 
 
+@flax.struct.dataclass
+class ProcessReward:
+    """A process reward model as a sequence reward: its per-token scores ``apply_fn(params, ids,
+    mask) -> [B, T]`` read at the response's step boundaries (tokens equal to
+    ``step_token_id``) and combined by ``aggregation``: ``mean``, ``min`` (the weakest step) or
+    ``last`` (the final step). A PRM is trained only at step boundaries, so its score at the EOS
+    (what a sequence classifier reads) is untrained and is never used; a response without a
+    step boundary is scored at its last non-EOS token."""
+
+    params: Any
+    apply_fn: Callable[[Any, Array, Array], Array] = flax.struct.field(pytree_node=False)
+    step_token_id: int = flax.struct.field(pytree_node=False, default=0)
+    aggregation: str = flax.struct.field(pytree_node=False, default="min")
+    eos_ids: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
+
+    def __call__(self, prompt_ids, prompt_mask, response_ids, response_mask) -> Array:
+        ids, mask = concat_prompt_response(prompt_ids, prompt_mask, response_ids, response_mask)
+        scores = self.apply_fn(self.params, ids, mask)[:, prompt_ids.shape[1] :]
+        return step_scores(
+            scores.astype(jnp.float32),
+            response_ids,
+            response_mask,
+            step_token_id=self.step_token_id,
+            aggregation=self.aggregation,
+            eos_ids=self.eos_ids,
+        )
+
+
+def step_scores(
+    token_scores: Array,
+    response_ids: Array,
+    response_mask: Array,
+    *,
+    step_token_id: int,
+    aggregation: str,
+    eos_ids: Sequence[int] = (),
+) -> Array:
+    """``[B, N]`` token scores → ``[B]``: ``mean`` / ``min`` / ``last`` over the step boundaries
+    (``response_ids == step_token_id`` inside the mask); rows without a boundary take the score
+    of their last non-EOS token."""
+    real = response_mask > 0
+    boundary = real & (response_ids == step_token_id)
+    content = real & ~jnp.isin(response_ids, jnp.asarray(tuple(eos_ids) or (-1,)))
+    positions = jnp.arange(response_ids.shape[1])
+    last_content = jnp.max(jnp.where(content, positions, 0), axis=-1)
+    fallback = jnp.take_along_axis(token_scores, last_content[:, None], axis=1)[:, 0]
+    has_step = boundary.any(axis=-1)
+    if aggregation == "mean":
+        steps = jnp.sum(token_scores * boundary, -1) / jnp.maximum(boundary.sum(-1), 1)
+    elif aggregation == "min":
+        steps = jnp.min(jnp.where(boundary, token_scores, jnp.inf), axis=-1)
+    elif aggregation == "last":
+        last = jnp.max(jnp.where(boundary, positions, 0), axis=-1)
+        steps = jnp.take_along_axis(token_scores, last[:, None], axis=1)[:, 0]
+    else:
+        raise ValueError(f"step aggregation {aggregation!r}; expected mean, min or last")
+    return jnp.where(has_step, steps, fallback)
+
+
+PROCESS_MARKER = "irl_jax_reward.json"  # in a PRM export: {"kind": "process", "step_token_id"}
+
+
+def load_reward_model(
+    path: str,
+    *,
+    mesh: jax.sharding.Mesh,
+    vocab_size: int,
+    aggregation: str = "mean",
+    uwo_penalty: float = 0.0,
+    step_aggregation: str = "min",
+    overrides: dict[str, Any] | None = None,
+) -> LearnedReward | ProcessReward:
+    """A reward-model export (``...ForSequenceClassification``) as a reward source, sharded on
+    ``mesh``. K score heads make an ensemble combined by ``aggregation`` (``uwo_penalty`` = λ);
+    a process reward model (marked by ``PROCESS_MARKER`` in its directory, as
+    ``irl_jax.algorithms.reward_model`` exports it) scores the response's steps
+    (``ProcessReward``, ``step_aggregation``).
+
+    Raises:
+      ValueError: the checkpoint is a causal LM, or its vocabulary differs from the policy's
+        ``vocab_size`` (the reward model reads the policy's token ids).
+    """
+    import json
+    import os
+
+    from absl import logging
+
+    from irl_jax.models import hf
+    from irl_jax.models.heads import RewardModel, TokenRewardModel
+
+    cfg, params = hf.load_pretrained(path, mesh=mesh, **(overrides or {}))
+    if "score" not in params:
+        raise ValueError(
+            f"{path!r} is a causal LM, not a reward model (a sequence-classification "
+            "checkpoint with a score head)"
+        )
+    if cfg.vocab_size != vocab_size:
+        raise ValueError(
+            f"{path!r} has a vocabulary of {cfg.vocab_size} tokens, the policy {vocab_size}: "
+            "they must share a tokenizer"
+        )
+    marker = os.path.join(path, PROCESS_MARKER)
+    if os.path.isfile(marker):
+        with open(marker) as f:
+            info = json.load(f)
+        logging.info("process reward model from %s (%s over steps)", path, step_aggregation)
+        return ProcessReward(
+            {"params": params},
+            TokenRewardModel(cfg).apply,
+            step_token_id=int(info["step_token_id"]),
+            aggregation=step_aggregation,
+            eos_ids=tuple(cfg.eos_token_ids),
+        )
+    num_heads = params["score"]["kernel"].shape[-1]
+    logging.info("reward model: %s with %d head(s) from %s", cfg.architecture, num_heads, path)
+    return reward_model(
+        RewardModel(cfg, num_heads).apply,  # apply({"params": ...}, ids, mask)
+        {"params": params},
+        aggregation=aggregation if num_heads > 1 else None,
+        penalty=uwo_penalty,
+    )
+
+
 def reward_model(
     apply_fn: Callable[[Any, Array, Array], Array],
     params: Any,
@@ -167,8 +292,8 @@ def call(source: Any, prompt_ids, prompt_mask, response_ids, response_mask) -> A
 
 @flax.struct.dataclass
 class RunningStats:
-    """Running mean / variance of rewards (Chan et al. parallel update); lives in
-    ``TrainState.extras`` so that it is checkpointed."""
+    """Running mean / variance of rewards (Chan et al. parallel update); lives in an algorithm
+    state's ``extras`` so that it is checkpointed."""
 
     count: Array
     mean: Array
@@ -184,18 +309,50 @@ class RunningStats:
     def variance(self) -> Array:
         return self.m2 / jnp.maximum(self.count - 1, 1.0)
 
-    def update(self, values: Array) -> RunningStats:
-        n = jnp.asarray(values.size, jnp.float32)
-        batch_mean = values.mean()
-        batch_m2 = jnp.sum((values - batch_mean) ** 2)
+    def update(self, values: Array, weights: Array | None = None) -> RunningStats:
+        """Folds in ``values`` (each counted with its 0/1 ``weights``, default all 1)."""
+        weights = jnp.ones_like(values) if weights is None else weights.astype(values.dtype)
+        n = weights.sum()
+        batch_mean = jnp.sum(values * weights) / jnp.maximum(n, 1.0)
+        batch_m2 = jnp.sum(weights * (values - batch_mean) ** 2)
         total = self.count + n
         delta = batch_mean - self.mean
-        mean = self.mean + delta * n / total
-        m2 = self.m2 + batch_m2 + delta**2 * self.count * n / total
+        mean = self.mean + delta * n / jnp.maximum(total, 1.0)
+        m2 = self.m2 + batch_m2 + delta**2 * self.count * n / jnp.maximum(total, 1.0)
         return RunningStats(total, mean, m2)
 
 
-def normalize(stats: RunningStats, rewards: Array, eps: float = 1e-8) -> tuple[RunningStats, Array]:
-    """Updates the running statistics with ``rewards``, then standardizes them with the result."""
-    stats = stats.update(rewards)
+@flax.struct.dataclass
+class EmaBaseline:
+    """REINFORCE's running-mean baseline: an exponential moving average of batch-mean rewards,
+    bias-corrected as in Adam: b̂ = b / (1 − decayᵗ) (0 before the first batch)."""
+
+    value: Array
+    weight: Array  # 1 − decayᵗ
+
+    @classmethod
+    def create(cls) -> EmaBaseline:
+        return cls(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+
+    @property
+    def estimate(self) -> Array:
+        return jnp.where(self.weight > 0, self.value / jnp.maximum(self.weight, 1e-12), 0.0)
+
+    def update(self, rewards: Array, decay: float, weights: Array | None = None) -> EmaBaseline:
+        mean = (
+            rewards.mean()
+            if weights is None
+            else jnp.sum(rewards * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+        )
+        return EmaBaseline(
+            decay * self.value + (1 - decay) * mean, decay * self.weight + (1 - decay)
+        )
+
+
+def normalize(
+    stats: RunningStats, rewards: Array, weights: Array | None = None, eps: float = 1e-8
+) -> tuple[RunningStats, Array]:
+    """Updates the running statistics with ``rewards`` (those of weight 1), then standardizes
+    them with the result."""
+    stats = stats.update(rewards, weights)
     return stats, (rewards - stats.mean) / jnp.sqrt(stats.variance + eps)

@@ -192,6 +192,15 @@ def init_sharded(init_fn, mesh: Mesh, *args) -> tuple[Any, Any]:
     return params, shardings
 
 
+def global_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Assembles each process's rows of a batch into global arrays sharded over the batch axis
+    (in a single process: places the whole batch)."""
+    return {
+        name: jax.make_array_from_process_local_data(sharding, np.asarray(x))
+        for name, x in batch.items()
+    }
+
+
 def place(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """Places one host array into ``sharding``, each device receiving only its shard.
 

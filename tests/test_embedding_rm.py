@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from irl_jax import sharding
-from irl_jax.algorithms import embedding_rm
-from irl_jax.config import ConfigError, base_config
-from irl_jax.train import create_train_state, make_optimizer, make_train_step
+from irl_jax.algorithms import embedding_rm, experiment_config, run
+from irl_jax.config import ConfigError
+from irl_jax.train import create_model, create_state, make_optimizer, supervised_step
 
 
 def embedding_config(cache_dir, **changes):
-    config = base_config("embedding_rm")
+    config = experiment_config("embedding_rm")
     config.model = "gpt2-tiny"  # a random frozen backbone: the test needs no SFT stage
     config.num_steps = 150
     config.batch_size = 64
@@ -51,10 +51,10 @@ def test_embeddings_are_computed_once_and_reused(tmp_path, monkeypatch):
     assert calls[0] <= 2 * 1024 + 2 * 256 + 64 * 4
     print({name: round(value, 3) for name, value in first.items()})
     # Mean ± std over the seeds, and the seeds' ensemble.
-    assert first["gold_accuracy"] > 0.6, first
-    assert 0 < first["gold_accuracy_std"] < 0.05
-    assert first["ensemble_gold_accuracy"] > 0.6
-    assert first["spearman"] > 0.2 and first["bon_gain"] > 0
+    assert first["eval/gold_accuracy"] > 0.6, first
+    assert 0 < first["eval/gold_accuracy_std"] < 0.05
+    assert first["eval/ensemble_gold_accuracy"] > 0.6
+    assert first["eval/spearman"] > 0.2 and first["eval/bon_gain"] > 0
 
     # A second run loads the cache: nothing is embedded and no backbone is loaded.
     def fail(*args, **kwargs):
@@ -68,7 +68,7 @@ def test_embeddings_are_computed_once_and_reused(tmp_path, monkeypatch):
     noisier = embedding_config(cache, embedding_rm__beta_ann=1.0)
     noisier.embedding_rm.loss = "classification"
     third = embedding_rm.train(noisier, str(tmp_path / "c"))
-    assert third["train_flip_rate"] > first["train_flip_rate"] + 0.1
+    assert third["eval/train_flip_rate"] > first["eval/train_flip_rate"] + 0.1
     assert len(cache_files(cache)) == 1
 
     # Other sequences miss the cache.
@@ -83,10 +83,11 @@ def build(num_seeds, head, dim, mesh):
     optimizer, schedule = make_optimizer(num_steps=20, learning_rate=1e-2, max_grad_norm=0.5)
     optimizer = embedding_rm.per_seed(optimizer, num_seeds)
     init_fn = embedding_rm.init_heads(head, dim, num_seeds, seed=7)
-    state, shardings = create_train_state(init_fn, optimizer, mesh, seed=0)
+    heads = create_model(init_fn, optimizer, mesh)
+    state, shardings = create_state(mesh, seed=0, models={"heads": heads})
     settings = embedding_rm.default_config()
     loss_fn = embedding_rm.make_loss_fn(head, settings)
-    return state, make_train_step(loss_fn, optimizer, shardings, mesh, schedule=schedule)
+    return state, supervised_step(loss_fn, optimizer, shardings, mesh, model="heads")
 
 
 def test_vmapped_seeds_train_as_if_alone():
@@ -106,8 +107,8 @@ def test_vmapped_seeds_train_as_if_alone():
     for num_seeds in (1, 3):
         state, step = build(num_seeds, head, dim, mesh)
         for batch in batches:
-            state, _ = step(state, jax.tree.map(jnp.asarray, batch), None)
-        params[num_seeds] = jax.device_get(state.params)
+            state, _ = step(state, jax.tree.map(jnp.asarray, batch))
+        params[num_seeds] = jax.device_get(state.models["heads"].params)
     # Seed 0 of three equals seed 0 trained alone (own init, own clipping, own Adam state) ...
     jax.tree.map(
         lambda alone, stacked: np.testing.assert_allclose(stacked[0], alone[0], atol=1e-6),
@@ -130,5 +131,5 @@ def test_vmapped_seeds_train_as_if_alone():
 )
 def test_config_errors_name_the_field(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message):
-        embedding_rm.train(embedding_config(tmp_path / "cache", **changes), str(tmp_path))
+        run(embedding_config(tmp_path / "cache", **changes), str(tmp_path))
     assert not (tmp_path / "cache").exists()

@@ -6,13 +6,14 @@ import os
 
 import pytest
 
-from irl_jax.algorithms import pipeline
-from irl_jax.config import ConfigError, base_config, validate_config
+from irl_jax import algorithms
+from irl_jax.algorithms import experiment_config, pipeline, validate_config
+from irl_jax.config import ConfigError
 from irl_jax.metrics import read_metrics
 
 
 def tiny(algorithm, **fields):
-    config = base_config(algorithm)
+    config = experiment_config(algorithm)
     config.num_steps = 4
     config.batch_size = 8
     config.eval_every = 0
@@ -32,9 +33,8 @@ def stages():
     reward_model = tiny("reward_model", init_from="@sft")
     reward_model.reward_model.num_eval_prompts = 8
     rlhf = tiny("policy_gradient", init_from="@sft", num_steps=2)
-    rlhf.policy_gradient.update(
-        reward="model", reward_model="@reward_model", group_size=2, max_new_tokens=6
-    )
+    rlhf.reward.update(source="model", model="@reward_model")
+    rlhf.sampling.update(group_size=2, max_new_tokens=6)
     return {"sft": sft, "reward_model": reward_model, "rlhf": rlhf}
 
 
@@ -42,7 +42,7 @@ def test_references_resolve_to_earlier_exports():
     config = pipeline.pipeline_config(stages())
     resolved = pipeline.resolve(config.stages.rlhf, "/runs/p")
     assert resolved.init_from == "/runs/p/sft/export"
-    assert resolved.policy_gradient.reward_model == "/runs/p/reward_model/export"
+    assert resolved.reward.model == "/runs/p/reward_model/export"
     assert config.stages.rlhf.init_from == "@sft"  # the pipeline config is left as it was
 
 
@@ -51,7 +51,7 @@ def test_validation_names_the_stage_and_field():
     cases = []
     config = pipeline.pipeline_config(stages())
     config.run = ("sft", "rlhf", "reward_model")
-    cases.append((config, r"config.stages.rlhf.policy_gradient.reward_model: @reward_model is "
+    cases.append((config, r"config.stages.rlhf.reward.model: @reward_model is "
                   r"not an earlier stage \(earlier: \['sft'\]\)"))  # fmt: skip
     config = pipeline.pipeline_config(stages())
     config.stages.sft.export = False
@@ -60,8 +60,8 @@ def test_validation_names_the_stage_and_field():
     config.stages.reward_model.num_steps = 0
     cases.append((config, "stage 'reward_model': config.num_steps: must be positive"))
     config = pipeline.pipeline_config(stages())
-    config.stages.rlhf.policy_gradient.reward_aggregation = "median"
-    cases.append((config, "stage 'rlhf': config.policy_gradient.reward_aggregation: 'median'"))
+    config.stages.rlhf.reward.aggregation = "median"
+    cases.append((config, "stage 'rlhf': config.reward.aggregation: 'median'"))
     config = pipeline.pipeline_config(stages())
     config.run = ("sft", "dpo")
     cases.append((config, r"config.run: 'dpo' is not a stage"))
@@ -72,20 +72,21 @@ def test_validation_names_the_stage_and_field():
             validate_config(config)
     # Outside a pipeline, a learned reward must exist before anything runs.
     alone = stages()["rlhf"]
-    alone.init_from, alone.policy_gradient.reward_model = "", "/nonexistent/rm"
-    with pytest.raises(ConfigError, match="config.policy_gradient.reward_model: '/nonexistent"):
+    alone.init_from, alone.reward.model = "", "/nonexistent/rm"
+    with pytest.raises(ConfigError, match="config.reward.model: '/nonexistent"):
         validate_config(alone)
 
 
 def test_sft_reward_model_rlhf_pipeline(tmp_path):
     config = pipeline.pipeline_config(stages())
-    metrics = pipeline.train(config, str(tmp_path))
+    metrics = algorithms.run(config, str(tmp_path))
     for name in ("sft", "reward_model", "rlhf"):
         assert os.path.isfile(tmp_path / name / "export" / "config.json"), name
     with open(tmp_path / "summary.json") as f:
         summary = json.load(f)
     assert list(summary) == ["sft", "reward_model", "rlhf"]
-    assert metrics["reward_model/gold_accuracy"] == summary["reward_model"]["gold_accuracy"]
+    accuracy = summary["reward_model"]["eval/gold_accuracy"]
+    assert metrics["reward_model/eval/gold_accuracy"] == accuracy
     rlhf = summary["rlhf"]
     # RL optimized the learned reward: it is scored on the policy's and the SFT policy's samples.
     for key in ("eval/reward/model_mean", "eval/ref_reward/model_mean", "eval/reward/gold_mean"):
@@ -98,5 +99,5 @@ def test_sft_reward_model_rlhf_pipeline(tmp_path):
     assert [r["step"] for r in logged] == [2]
     # A re-run finds every stage finished and runs nothing.
     lines = len(read_metrics(str(tmp_path / "rlhf")))
-    assert pipeline.train(config, str(tmp_path)) == metrics
+    assert algorithms.run(config, str(tmp_path)) == metrics
     assert len(read_metrics(str(tmp_path / "rlhf"))) == lines

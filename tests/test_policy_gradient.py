@@ -14,14 +14,16 @@ from safetensors.numpy import load_file
 from test_rollout import BAD, CONFIG, EOS, GOOD, PAD, START, prompts, toy_state
 
 from experiments.configs import grpo
-from irl_jax import sharding
-from irl_jax.algorithms import policy_gradient, sft
-from irl_jax.algorithms.rollout import Rollout
-from irl_jax.config import ConfigError, validate_config
+from irl_jax import rollout, sharding
+from irl_jax.algorithms import policy_gradient, sft, validate_config
+from irl_jax.algorithms.policy_gradient import Rollout
+from irl_jax.checkpoint import CheckpointManager
+from irl_jax.config import ConfigError
 from irl_jax.metrics import read_metrics
 from irl_jax.models import Transformer, preset
+from irl_jax.models import source as model_source
 from irl_jax.sampling import teacher_forced_logprobs
-from irl_jax.train import create_train_state, make_optimizer
+from irl_jax.train import create_model, make_optimizer, make_update
 
 
 @pytest.mark.parametrize("clip", [False, True])
@@ -32,29 +34,29 @@ def test_one_sgd_update_equals_hand_computed_gradient(clip):
     whose gradient is −(1/B) Σ_i A_i/|y_i| · (e_{y_i} − π_T)/T over unclipped first tokens."""
     temperature, lr, advantages = 2.0, 0.1, np.array([1.0, -0.5])
     section = policy_gradient.default_config()
-    section.update({"temperature": temperature, "kl_coef": 0.0, "max_new_tokens": 3})
+    section.kl_coef = 0.0
+    sampling = rollout.SamplingSettings(max_new_tokens=3, temperature=temperature)
     p = np.array([math.sqrt(0.7), math.sqrt(0.3)])
     pi_t = p / p.sum()  # π_T(GOOD), π_T(BAD) ∝ p^(1/T)
     ratio = 1.5 if clip else 1.0  # ρ = 1.5 > 1 + ε on the A > 0 row: clipped, no gradient
     old = np.array([[math.log(pi_t[0] / ratio), 0, 0], [math.log(pi_t[1]), 0, 0]], np.float32)
     ids, mask = prompts(2)
-    batch = Rollout(
+    samples = rollout.Samples(
         prompt_ids=jnp.asarray(ids),
         prompt_mask=jnp.asarray(mask),
         response_ids=jnp.array([[GOOD, EOS, PAD], [BAD, EOS, PAD]]),
         response_mask=jnp.array([[1, 1, 0], [1, 1, 0]]),
-        old_logprobs=jnp.asarray(old),
-        ref_logprobs=jnp.zeros((2, 3)),
-        advantages=jnp.asarray(advantages, jnp.float32),
+        logprobs=jnp.asarray(old),
     )
+    batch = Rollout(samples, jnp.zeros((2, 3)), jnp.asarray(advantages, jnp.float32))
     optimizer = optax.sgd(lr)
     mesh, state, shardings = toy_state(0.7, optimizer)
-    update = policy_gradient.make_update_fn(
-        policy_gradient.make_loss_fn(CONFIG, section), optimizer, section, shardings, mesh
-    )
-    before = np.asarray(state.params["lm_head"]["kernel"])
-    state, metrics = update(state, batch)
-    after = np.asarray(state.params["lm_head"]["kernel"])
+    loss_fn = policy_gradient.make_loss_fn(CONFIG, section, sampling)
+    update = jax.jit(make_update(loss_fn, optimizer, shardings.models["policy"]))
+    policy = state.models["policy"]
+    before = np.asarray(policy.params["lm_head"]["kernel"])
+    policy, metrics = update(policy, batch, jax.random.key(0))
+    after = np.asarray(policy.params["lm_head"]["kernel"])
 
     one_hot = np.eye(2)
     unclipped = [not clip, True]
@@ -71,7 +73,7 @@ def test_one_sgd_update_equals_hand_computed_gradient(clip):
     assert float(metrics["clip_fraction"]) == (0.25 if clip else 0.0)
     entropy = -np.sum(pi_t * np.log(pi_t))  # first tokens; EOS tokens have entropy 0
     assert float(metrics["entropy"]) == pytest.approx(entropy / 2, abs=1e-6)
-    assert int(state.step) == 1
+    assert int(policy.step) == 1
     if not clip:  # the rewarded token became more likely
         new_logits = after[START, [GOOD, BAD]] / temperature
         assert np.exp(new_logits[0]) / np.exp(new_logits).sum() > pi_t[0]
@@ -102,23 +104,16 @@ def fixed_rollout(params, rows=16, prompt_len=5, response_len=6, temperature=0.7
         )
     )
     noise = rng.normal(0.0, 0.3, (2, rows, response_len)).astype(np.float32) * response_mask
-    return Rollout(
-        prompt_ids=prompt_ids * prompt_mask,
-        prompt_mask=prompt_mask,
-        response_ids=response_ids,
-        response_mask=response_mask,
-        old_logprobs=logps + noise[0],
-        ref_logprobs=logps + noise[1],
-        advantages=rng.normal(size=rows).astype(np.float32),
+    samples = rollout.Samples(
+        prompt_ids * prompt_mask, prompt_mask, response_ids, response_mask, logps + noise[0]
     )
+    return Rollout(samples, logps + noise[1], rng.normal(size=rows).astype(np.float32))
 
 
 def update_on(mesh, batch=None):
     section = policy_gradient.default_config()
     section.update(
         {
-            "temperature": 0.7,
-            "max_new_tokens": 6,
             "clip_eps_high": 0.28,
             "aggregation": "token_mean",
             "kl_coef": 0.1,
@@ -127,29 +122,32 @@ def update_on(mesh, batch=None):
             "num_minibatches": 2,
         }
     )
-    ids = jnp.zeros((1, 2), jnp.int32)
-    init = lambda: Transformer(TINY).init(jax.random.key(0), ids, ids + 1)["params"]
+    sampling = rollout.SamplingSettings(max_new_tokens=6, temperature=0.7)
     # SGD: Adam's per-coordinate normalization would blow float noise in near-zero gradients up
     # to a fraction of the learning rate, hiding (or faking) real differences.
     optimizer, schedule = make_optimizer(
         num_steps=4, learning_rate=0.05, name="sgd", max_grad_norm=1.0
     )
-    state, shardings = create_train_state(init, optimizer, mesh, seed=0)
-    initial = jax.device_get(state.params)
+    policy, shardings = create_model(model_source.init_fn(Transformer(TINY), 0), optimizer, mesh)
+    initial = jax.device_get(policy.params)
     if batch is None:
         batch = fixed_rollout(initial)
-    update = policy_gradient.make_update_fn(
-        policy_gradient.make_loss_fn(TINY, section),
+    update = make_update(
+        policy_gradient.make_loss_fn(TINY, section, sampling),
         optimizer,
-        section,
         shardings,
-        mesh,
-        schedule=schedule,
+        num_epochs=2,
+        num_minibatches=2,
         grad_accum_steps=2,
+        schedule=schedule,
     )
+    data = sharding.batch_sharding(mesh)
     with jax.set_mesh(mesh):
-        state, metrics = update(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
-    return (initial, *jax.device_get((state.params, metrics))), batch
+        jitted = jax.jit(
+            update, in_shardings=(shardings, data, None), out_shardings=(shardings, None)
+        )
+        policy, metrics = jitted(policy, jax.device_put(batch, data), jax.random.key(1))
+    return (initial, *jax.device_get((policy.params, metrics))), batch
 
 
 def test_update_on_222_mesh_equals_one_device():
@@ -167,7 +165,7 @@ def test_update_on_222_mesh_equals_one_device():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), params1, params8)
 
 
-def rl_config(init_from="", **section):
+def rl_config(init_from="", sampling=None, **section):
     config = grpo.rl_config()
     config.init_from = init_from
     config.model = "gpt2-tiny"
@@ -179,53 +177,65 @@ def rl_config(init_from="", **section):
     config.export = False
     config.data.num_train = 256
     config.policy_eval.num_prompts = 32
-    config.policy_gradient.update({"group_size": 4, **section})
+    config.sampling.update({"group_size": 4, **(sampling or {})})
+    config.policy_gradient.update(section)
     return config
 
 
 @pytest.mark.parametrize(
-    "section",
+    "section, sampling",
     [
-        dict(dynamic_sampling=True, overlong_buffer=2, num_minibatches=2, num_epochs=2),
-        dict(estimator="remax", kl_in_reward=True, normalize_rewards=True, top_k=20),
+        (dict(dynamic_sampling=True, overlong_buffer=2, num_minibatches=2, num_epochs=2), {}),
+        (dict(estimator="remax", kl_in_reward=True, normalize_rewards=True), dict(top_k=20)),
     ],
     ids=["grpo_dapo_features", "remax"],
 )
-def test_no_recompiles_across_iterations(section):
-    config = rl_config(**section)
-    policy_gradient.validate(config)
-    setup = policy_gradient.build(config)
-    data = sharding.batch_sharding(setup.mesh)
-    state = setup.state
-    state, _ = setup.train_step(state, jax.device_put(next(setup.batches), data))
+def test_no_recompiles_across_iterations(section, sampling):
+    config = rl_config(sampling=sampling, **section)
+    validate_config(config)
+    built = policy_gradient.build(config)
+    data = sharding.batch_sharding(built.setup.mesh)
+    state = built.state
+    state, _ = built.step(state, jax.device_put(next(built.batches), data))
     with count_compiles() as compiles:
         for _ in range(3):
-            state, metrics = setup.train_step(state, jax.device_put(next(setup.batches), data))
+            state, metrics = built.step(state, jax.device_put(next(built.batches), data))
     assert compiles == []
     assert int(state.step) == 4 and np.isfinite(float(metrics["loss"]))
+    updates = section.get("num_epochs", 1) * section.get("num_minibatches", 1)
+    assert int(state.models["policy"].step) == 4 * updates
 
 
 def test_config_errors_name_the_field():
-    def error(match, **section):
-        config = rl_config(**section)
+    def error(match, sampling=None, **section):
+        config = rl_config(sampling=sampling, **section)
         with pytest.raises(ConfigError, match=match):
             validate_config(config)
 
     error(r"policy_gradient.estimator: 'ppo' not in", estimator="ppo")
-    error(r"policy_gradient.group_size: must be >= 2, got 1", group_size=1)
+    error(r"sampling.group_size: must be >= 2 for estimator='grpo'", dict(group_size=1))
     error(r"policy_gradient.aggregation: 'sum' not in", aggregation="sum")
-    error(r"policy_gradient.top_p: must be in \(0, 1\]", top_p=0.0)
-    error(
-        r"policy_gradient.oversample: dynamic_sampling needs", dynamic_sampling=True, oversample=1
-    )
-    error(r"policy_gradient.overlong_buffer: 7 exceeds max_new_tokens=6", overlong_buffer=7)
+    error(r"sampling.top_p: must be in \(0, 1\]", dict(top_p=0.0))
+    error(r"policy_gradient.max_sampling_rounds: must be >= 1", max_sampling_rounds=0)
+    error(r"overlong_buffer: 7 exceeds sampling.max_new_tokens=6", overlong_buffer=7)
     error(r"policy_gradient.num_minibatches: .* 16 responses", num_minibatches=3)
     error(r"unknown config field policy_gradient.'beta'", beta=0.1)
+    # k1 in the loss has no gradient: refused; in the reward it is fine.
+    error(
+        r"policy_gradient.kl_estimator: k1 in the loss has zero expected gradient",
+        kl_estimator="k1",
+    )
+    validate_config(rl_config(kl_estimator="k1", kl_in_reward=True))
+    config = rl_config()
+    config.reward.source = "model"
+    config.reward.model = "/nonexistent"
+    with pytest.raises(ConfigError, match="config.reward.model: '/nonexistent' is not"):
+        validate_config(config)
     config = rl_config()
     config.data.num_train = 3
     with pytest.raises(ConfigError, match="data.num_train: 3 prompts"):
         validate_config(config)
-    validate_config(rl_config(estimator="reinforce", group_size=1))  # fine without groups
+    validate_config(rl_config(sampling=dict(group_size=1), estimator="reinforce"))  # no groups
 
 
 @pytest.fixture(scope="module")
@@ -244,12 +254,13 @@ def sft_policy(tmp_path_factory):
 def test_grpo_raises_exact_match_from_sft_policy(sft_policy, tmp_path):
     config = rl_config(sft_policy)
     config.mesh_shape.update({"data": -1, "fsdp": 1, "tensor": 1})
-    config.num_steps = 150  # ~10 s of iterations
+    config.num_steps = 300  # ~20 s of iterations
     config.batch_size = 16
     config.log_every = 10
     config.data.num_train = 4096
     config.policy_eval.num_prompts = 256
-    config.policy_gradient.update({"group_size": 8, "kl_coef": 0.0})
+    config.sampling.group_size = 8
+    config.policy_gradient.kl_coef = 0.0
     config.optimizer.learning_rate = 5e-4
     metrics = policy_gradient.train(config, str(tmp_path))
     before, after = metrics["eval/ref_reward/gold_mean"], metrics["eval/reward/gold_mean"]
@@ -287,3 +298,8 @@ def test_kill_and_resume_continues_identically(sft_policy, tmp_path):
     for step in (3, 4):
         assert a[step]["train/reward_mean"] == b[step]["train/reward_mean"]
         assert a[step]["train/loss"] == b[step]["train/loss"]
+    # The whole state resumed exactly: policy, its optimizer, reference and reward statistics.
+    read = lambda w: CheckpointManager(str(w)).read(4)
+    jax.tree.map(
+        np.testing.assert_array_equal, read(tmp_path / "straight"), read(tmp_path / "resumed")
+    )

@@ -11,16 +11,18 @@ import torch
 import transformers
 from jax_utils import count_compiles
 
-from irl_jax import sharding
-from irl_jax.algorithms import common, reward_model
-from irl_jax.config import ConfigError, base_config
+from irl_jax import algorithms, sharding
+from irl_jax.algorithms import reward_model
+from irl_jax.algorithms.setup import setup
+from irl_jax.config import ConfigError
 from irl_jax.data import load_and_tokenize
 from irl_jax.models import Transformer, preset
-from irl_jax.models.heads import RewardModel
+from irl_jax.models import source as model_source
+from irl_jax.models.heads import RewardModel, TokenRewardModel
 from irl_jax.models.hf import load_pretrained, save_pretrained
 from irl_jax.objectives import reward as objectives
 from irl_jax.tasks import build_tokenizer, get_task
-from irl_jax.train import create_train_state, make_optimizer, make_train_step
+from irl_jax.train import create_model, create_state, make_optimizer, supervised_step
 
 TOKENIZER = build_tokenizer()
 LLAMA = preset("llama-tiny", vocab_size=len(TOKENIZER), num_layers=1, pad_token_id=0)
@@ -28,7 +30,7 @@ BETA_ANN = 5.0  # annotation noise of the outcome test: ≈ 7% of the labels dis
 
 
 def rm_config(**changes):
-    config = base_config("reward_model")
+    config = algorithms.experiment_config("reward_model")
     config.model = "gpt2-tiny"
     config.num_steps = 300
     config.batch_size = 32
@@ -60,10 +62,11 @@ def test_bradley_terry_rm_reaches_gold_accuracy(trained):
     print(
         f"BT RM (gpt2-tiny from scratch, 300 steps, β_ann={BETA_ANN}): {seconds:.1f} s, {metrics}"
     )
-    assert 0.05 < metrics["train_flip_rate"] < 0.1
-    assert metrics["gold_accuracy"] >= 0.75
-    assert metrics["spearman"] > 0.4
-    assert 0.5 * metrics["bon_oracle_gain"] < metrics["bon_gain"] < metrics["bon_oracle_gain"]
+    assert 0.05 < metrics["eval/train_flip_rate"] < 0.1
+    assert metrics["eval/gold_accuracy"] >= 0.75
+    assert metrics["eval/spearman"] > 0.4
+    gain, oracle = metrics["eval/bon_gain"], metrics["eval/bon_oracle_gain"]
+    assert 0.5 * oracle < gain < oracle
 
 
 def test_export_round_trip_keeps_the_trained_rewards(trained):
@@ -71,14 +74,13 @@ def test_export_round_trip_keeps_the_trained_rewards(trained):
     export = str(workdir / "export")
     cfg, params = load_pretrained(export)
     # The exported params reproduce every evaluation metric of the trained model.
-    mesh = common.make_mesh(config)
+    mesh = sharding.make_mesh(dict(config.mesh_shape))
     model = reward_model.build_model(cfg, config.reward_model)
     data = reward_model.load_data(config, TOKENIZER)
-    shardings = sharding.tree_shardings(params, mesh)
-    evaluate = reward_model.make_evaluator(config, model, data, TOKENIZER, mesh, shardings)
+    evaluate = reward_model.make_evaluator(config, model, data, TOKENIZER, mesh)
     replayed = evaluate(params)
     for name in ("gold_accuracy", "accuracy", "spearman", "bon_gain"):
-        assert replayed[name] == pytest.approx(metrics[name], abs=1e-6), name
+        assert replayed[name] == pytest.approx(metrics[f"eval/{name}"], abs=1e-6), name
     # transformers loads it as a sequence classifier with the same rewards.
     ids = data.eval["chosen_input_ids"][:8]
     mask = data.eval["chosen_attention_mask"][:8]
@@ -100,10 +102,9 @@ def test_init_from_causal_lm_and_sequence_classifier(tmp_path):
     lm_params = sharding.unbox(lm_params)
     save_pretrained(str(tmp_path / "sft"), untied, lm_params, tokenizer=TOKENIZER)
     config = rm_config(init_from=str(tmp_path / "sft"), reward_model__num_heads=3)
-    mesh = common.make_mesh(config)
-    cfg = common.model_config(config, TOKENIZER)
+    cfg = setup(config).model_config
     model = reward_model.build_model(cfg, config.reward_model)
-    _, params = reward_model.init_params(config, model, mesh)
+    _, params = reward_model.initial_params(setup(config), model)
     assert "lm_head" in lm_params and "lm_head" not in params["transformer"]
     jax.tree.map(
         np.testing.assert_array_equal,
@@ -114,12 +115,12 @@ def test_init_from_causal_lm_and_sequence_classifier(tmp_path):
     # A sequence classifier supplies the head too; its head count must match.
     save_pretrained(str(tmp_path / "rm"), cfg, params, tokenizer=TOKENIZER)
     config = rm_config(init_from=str(tmp_path / "rm"), reward_model__num_heads=3)
-    _, loaded = reward_model.init_params(config, model, mesh)
+    _, loaded = reward_model.initial_params(setup(config), model)
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
     config = rm_config(init_from=str(tmp_path / "rm"))
     model = reward_model.build_model(cfg, config.reward_model)
     with pytest.raises(ConfigError, match="reward_model.num_heads.*has 3 score heads"):
-        reward_model.init_params(config, model, mesh)
+        reward_model.initial_params(setup(config), model)
 
 
 def preference_batch(rows=16, seed=0):
@@ -155,7 +156,7 @@ def test_pair_losses_equal_separate_forwards():
     expected = objectives.bradley_terry(
         chosen, rejected, margin=0.5 + batch["margin"], label_smoothing=0.1, centering=0.01
     )
-    np.testing.assert_allclose(loss, expected.mean(), rtol=1e-5)
+    np.testing.assert_allclose(loss.value, expected.mean(), rtol=1e-5)
     np.testing.assert_allclose(metrics["accuracy"], np.mean(chosen > rejected), rtol=1e-6)
     classification = settings_of(loss="classification", label_smoothing=0.1)
     loss, _ = reward_model.make_loss_fn(model, classification)(params, batch, None, None)
@@ -163,7 +164,7 @@ def test_pair_losses_equal_separate_forwards():
     expected = 0.5 * (
         0.9 * sp(-chosen) + 0.1 * sp(chosen) + 0.1 * sp(-rejected) + 0.9 * sp(rejected)
     )
-    np.testing.assert_allclose(loss, expected.mean(), rtol=1e-5)
+    np.testing.assert_allclose(loss.value, expected.mean(), rtol=1e-5)
 
 
 def test_ranking_loss_and_ensemble_heads():
@@ -189,7 +190,7 @@ def test_ranking_loss_and_ensemble_heads():
         per_head.append(
             np.mean([-jax.nn.log_sigmoid(rewards[:, i] - rewards[:, j]) for i, j in pairs])
         )
-    np.testing.assert_allclose(loss, np.mean(per_head), rtol=1e-5)
+    np.testing.assert_allclose(loss.value, np.mean(per_head), rtol=1e-5)
     assert np.ptp(per_head) > 1e-4  # the heads differ
     # Evaluation combines the heads exactly as configured.
     scores = np.array([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
@@ -219,7 +220,7 @@ def test_process_reward_model_alignment():
     assert np.all(arrays["input_ids"][arrays["step_mask"] > 0] == separator)
     assert 0.2 < arrays["step_labels"][arrays["step_mask"] > 0].mean() < 0.95
     # The PRM loss is the BCE of the per-token scores at exactly those positions.
-    model = reward_model.TokenRewardModel(LLAMA)
+    model = TokenRewardModel(LLAMA)
     params = init(model)
     batch = {k: jnp.asarray(v) for k, v in arrays.items()}
     loss, _ = reward_model.make_loss_fn(model, settings_of(loss="process"))(
@@ -233,7 +234,7 @@ def test_process_reward_model_alignment():
         np.mean([sp(-s) if y else sp(s) for s, y in zip(row[m > 0], lab[m > 0])])
         for row, m, lab in zip(scores, arrays["step_mask"], arrays["step_labels"])
     ]
-    np.testing.assert_allclose(loss, np.mean(per_row), rtol=1e-5)
+    np.testing.assert_allclose(loss.value, np.mean(per_row), rtol=1e-5)
     # Same param tree as a sequence classifier, whose score is the PRM's at the last token.
     last = RewardModel(LLAMA).apply({"params": params}, batch["input_ids"], batch["attention_mask"])
     lengths = arrays["attention_mask"].sum(axis=1)
@@ -242,12 +243,12 @@ def test_process_reward_model_alignment():
 
 def build_step(mesh, settings):
     model = RewardModel(LLAMA, num_heads=settings.num_heads)
-    ids = jnp.zeros((1, 2), jnp.int32)
-    init_fn = lambda: model.init(jax.random.key(0), ids, jnp.ones_like(ids))["params"]
     optimizer, schedule = make_optimizer(num_steps=10, learning_rate=1e-3, max_grad_norm=1.0)
-    state, shardings = create_train_state(init_fn, optimizer, mesh, seed=0)
+    trained = create_model(model_source.init_fn(model, 0), optimizer, mesh)
+    state, shardings = create_state(mesh, seed=0, models={"reward_model": trained})
     loss_fn = reward_model.make_loss_fn(model, settings)
-    return state, make_train_step(loss_fn, optimizer, shardings, mesh, schedule=schedule)
+    step = supervised_step(loss_fn, optimizer, shardings, mesh, model="reward_model")
+    return state, step
 
 
 def run_steps(mesh, settings, batches):
@@ -256,7 +257,7 @@ def run_steps(mesh, settings, batches):
     losses = []
     with count_compiles() as compiles:
         for i, batch in enumerate(batches):
-            state, metrics = step(state, jax.device_put(batch, data), None)
+            state, metrics = step(state, jax.device_put(batch, data))
             losses.append(float(metrics["loss"]))
             if i == 0:
                 first = len(compiles)
@@ -293,5 +294,26 @@ def test_8_device_step_equals_1_device():
 )
 def test_config_errors_name_the_field(tmp_path, changes, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        reward_model.train(rm_config(**changes), str(tmp_path))
+        algorithms.run(rm_config(**changes), str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_process_reward_model_exports_as_a_step_scorer(tmp_path):
+    """A PRM export carries the marker that makes it a step-boundary reward source in RL."""
+    from irl_jax import rewards
+
+    config = rm_config(
+        num_steps=2,
+        log_every=1,
+        reward_model__loss="process",
+        reward_model__step_separator=";",
+        reward_model__num_eval_prompts=8,
+    )
+    config.data.update(task="reasoning", num_train=64, num_eval=16, max_length=64)
+    config.batch_size = 8
+    algorithms.run(config, str(tmp_path))
+    export = str(tmp_path / "export")
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    source = rewards.load_reward_model(export, mesh=mesh, vocab_size=len(TOKENIZER))
+    assert isinstance(source, rewards.ProcessReward)
+    assert source.step_token_id == TOKENIZER(";", add_special_tokens=False)["input_ids"][-1]

@@ -90,3 +90,56 @@ def test_running_normalization_matches_numpy():
     np.testing.assert_allclose(
         normalized, (chunks[-1] - everything.mean()) / everything.std(ddof=1), rtol=1e-4
     )
+
+
+def test_process_reward_reads_step_boundaries_not_the_eos():
+    """A PRM scores a response by its step-boundary scores (token 9 closes a step): mean, min or
+    last; a response without a boundary falls back to its last non-EOS token. The EOS score is
+    never read."""
+    scores = jnp.array([[0.5, -1.0, 2.0, 7.0, 9.0], [3.0, 4.0, 9.0, 9.0, 9.0]])
+    ids = jnp.array([[5, 9, 6, 9, 2], [5, 6, 2, 0, 0]])  # row 1: no step boundary
+    mask = jnp.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    step = lambda how: rewards.step_scores(
+        scores, ids, mask, step_token_id=9, aggregation=how, eos_ids=(2,)
+    )
+    np.testing.assert_allclose(step("mean"), [3.0, 4.0])  # (−1 + 7) / 2; row 1: token 6
+    np.testing.assert_allclose(step("min"), [-1.0, 4.0])
+    np.testing.assert_allclose(step("last"), [7.0, 4.0])
+
+
+def test_a_process_reward_model_export_is_loaded_as_a_step_scorer(tmp_path):
+    """``load_reward_model`` on an export with the PRM marker returns a ``ProcessReward`` whose
+    score equals ``step_scores`` of the PRM's token scores; without the marker the same weights
+    are a sequence reward model (the score at the last token)."""
+    import json
+
+    from irl_jax import sharding
+    from irl_jax.models import preset
+    from irl_jax.models.heads import RewardModel, TokenRewardModel
+    from irl_jax.models.hf import save_pretrained
+
+    cfg = preset("llama-tiny", vocab_size=16, num_layers=1, pad_token_id=0, eos_token_ids=(2,))
+    ids0 = jnp.zeros((1, 2), jnp.int32)
+    params = sharding.unbox(TokenRewardModel(cfg).init(jax.random.key(0), ids0, ids0 + 1)["params"])
+    path = str(tmp_path / "prm")
+    save_pretrained(path, cfg, params)
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    prompt_ids, prompt_mask = jnp.array([[3, 4]]), jnp.array([[1, 1]])
+    response_ids, response_mask = jnp.array([[5, 9, 6, 9, 2]]), jnp.ones((1, 5), jnp.int32)
+    batch = (prompt_ids, prompt_mask, response_ids, response_mask)
+    plain = rewards.load_reward_model(path, mesh=mesh, vocab_size=16)
+    assert isinstance(plain, rewards.LearnedReward)
+    ids = jnp.concatenate([prompt_ids, response_ids], 1)
+    last = RewardModel(cfg).apply({"params": params}, ids, jnp.ones_like(ids))
+    np.testing.assert_allclose(plain(*batch), last, rtol=1e-5)
+    with open(f"{path}/{rewards.PROCESS_MARKER}", "w") as f:
+        json.dump({"kind": "process", "step_token_id": 9}, f)
+    prm = rewards.load_reward_model(path, mesh=mesh, vocab_size=16, step_aggregation="min")
+    assert isinstance(prm, rewards.ProcessReward)
+    token_scores = TokenRewardModel(cfg).apply({"params": params}, ids, jnp.ones_like(ids))[:, 2:]
+    expected = rewards.step_scores(
+        token_scores, response_ids, response_mask, step_token_id=9, aggregation="min", eos_ids=(2,)
+    )
+    np.testing.assert_allclose(jax.jit(rewards.call)(prm, *batch), expected, rtol=1e-5)
+    assert float(expected[0]) == float(jnp.minimum(token_scores[0, 1], token_scores[0, 3]))
+    assert not np.isclose(float(expected[0]), float(last[0]))  # not the EOS score

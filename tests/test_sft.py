@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from irl_jax.algorithms import sft
-from irl_jax.config import ConfigError, base_config, validate_config
+from irl_jax.algorithms import experiment_config, sft, validate_config
+from irl_jax.config import ConfigError
 from irl_jax.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_sft_config(**changes):
-    config = base_config("sft")
+    config = experiment_config("sft")
     config.model = "gpt2-tiny"
     config.num_steps = 400
     config.batch_size = 32
@@ -37,10 +37,10 @@ def small_sft_config(**changes):
 def test_sft_reaches_demonstrator_entropy(tmp_path):
     metrics = sft.train(small_sft_config(), str(tmp_path))
     # The demonstrator's per-token entropy is the floor of the eval NLL.
-    assert metrics["demonstrator_entropy"] == pytest.approx(1.0405, abs=1e-3)
-    assert 0.0 < metrics["nll_gap"] < 0.15, metrics
+    assert metrics["eval/demonstrator_entropy"] == pytest.approx(1.0405, abs=1e-3)
+    assert 0.0 < metrics["eval/nll_gap"] < 0.15, metrics
     rows = read_metrics(str(tmp_path))
-    assert rows[-1]["eval/nll_gap"] == pytest.approx(metrics["nll_gap"])
+    assert rows[-1]["eval/nll_gap"] == pytest.approx(metrics["eval/nll_gap"])
 
 
 def run(workdir, *overrides):
@@ -102,6 +102,17 @@ def test_config_errors_before_compiling(tmp_path):
         validate_config(config)
     config = small_sft_config(batch_size=12)
     with pytest.raises(ConfigError, match="batch_size.*divisible by the data-parallel size"):
+        validate_config(config)
+    for field, value, message in [
+        ("seed", -1, r"config.seed: must be in \[0, 2\*\*31\), got -1"),
+        ("keep_checkpoints", 0, "config.keep_checkpoints: must be >= 1"),
+        ("eval_batch_size", 12, "config.eval_batch_size: 12 must be positive and divisible"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            validate_config(small_sft_config(**{field: value}))
+    config = small_sft_config()
+    config.model_overrides.hidden_size = 66  # gpt2-tiny has 4 heads
+    with pytest.raises(ConfigError, match="model_overrides.hidden_size: 66 is not divisible by"):
         validate_config(config)
     config = small_sft_config(model="no-such-model")
     with pytest.raises(ConfigError, match="config.model: 'no-such-model' is neither a preset"):

@@ -8,42 +8,47 @@ import pytest
 from jax_utils import count_compiles
 from safetensors.numpy import load_file
 
-from irl_jax import sharding
-from irl_jax.algorithms import common, direct, spin
-from irl_jax.config import ConfigError, base_config
+from irl_jax import algorithms, rollout, sharding
+from irl_jax.algorithms import spin
+from irl_jax.algorithms.implicit_reward import pair_logps
+from irl_jax.algorithms.setup import export_model
+from irl_jax.config import ConfigError
 from irl_jax.metrics import read_metrics
 from irl_jax.models import Transformer
+from irl_jax.models import source as model_source
 from irl_jax.sampling import sample
 from irl_jax.tasks import build_tokenizer
-from irl_jax.train import create_train_state, make_optimizer
+from irl_jax.train import create_model, create_state, make_optimizer
 
 TOKENIZER = build_tokenizer()
 
 
 def small_config(**spin_options):
-    config = base_config("spin")
+    config = algorithms.experiment_config("spin")
     config.batch_size = 8
     config.data.num_train = 32
     config.data.num_eval = 16
     config.data.max_length = 40
-    config.spin.max_new_tokens = 12
+    config.sampling.max_new_tokens = 12
     config.spin.steps_per_round = 2
     for key, value in spin_options.items():
         config.spin[key] = value
     return config
 
 
+def model_config(config):
+    return model_source.resolve_config(config.model, tokenizer=TOKENIZER)
+
+
 def build(config, mesh):
-    cfg = common.model_config(config, TOKENIZER)
-    model = Transformer(cfg)
-    ids = jnp.zeros((1, 2), jnp.int32)
-    init = lambda: model.init(jax.random.key(0), ids, jnp.ones_like(ids))["params"]
+    cfg = model_config(config)
     optimizer, _ = make_optimizer(num_steps=10, learning_rate=1e-2, warmup_steps=0)
-    state, shardings = create_train_state(init, optimizer, mesh, seed=0)
-    state, shardings = spin.with_reference(state, shardings)
-    step = spin.make_spin_step(
-        cfg, config.spin, optimizer, shardings, mesh, pad_id=cfg.pad_token_id
+    policy = create_model(model_source.init_fn(Transformer(cfg), 0), optimizer, mesh)
+    initial = (policy[0].params, policy[1].params)
+    state, shardings = create_state(
+        mesh, seed=0, models={"policy": policy}, frozen={"reference": initial, "initial": initial}
     )
+    step = spin.make_spin_step(cfg, config, optimizer, shardings, mesh, pad_id=cfg.pad_token_id)
     arrays, _ = spin.load_data(config, TOKENIZER)
     return cfg, state, step, arrays
 
@@ -59,14 +64,14 @@ def test_reference_is_the_previous_iterate_after_each_round():
     rounds = {}  # round -> the params the round's reference must equal
 
     def advance(state, index):
-        before = host(state.params)
+        before = host(state.models["policy"].params)
         batch = {k: jax.device_put(v, data) for k, v in batches[index % 4].items()}
         state, metrics = step(state, batch)
-        reference = host(state.extras["reference"])
+        reference = host(state.frozen["reference"])
         # A round starts every 2 steps: π_ref := the iterate before its first step.
         rounds.setdefault(index // 2, before)
         equal(reference, rounds[index // 2])
-        moved = host(state.params)["embed"]["embedding"]
+        moved = host(state.models["policy"].params)["embed"]["embedding"]
         assert not np.allclose(moved, reference["embed"]["embedding"])
         assert 0 < float(metrics["rejected_tokens"]) <= 12
         return state
@@ -80,14 +85,15 @@ def test_reference_is_the_previous_iterate_after_each_round():
 
 def test_rejected_is_the_reference_sample_after_the_demonstration_prompt():
     config = small_config()
-    cfg = common.model_config(config, TOKENIZER)
+    cfg = model_config(config)
     model = Transformer(cfg)
     arrays, _ = spin.load_data(config, TOKENIZER)
     batch = {k: jnp.asarray(v[:8]) for k, v in arrays.items()}
     ids = jnp.zeros((1, 2), jnp.int32)
     params = sharding.unbox(model.init(jax.random.key(3), ids, jnp.ones_like(ids))["params"])
     rng = jax.random.key(5)
-    pairs = jax.jit(spin.make_pairs_fn(cfg, config.spin, cfg.pad_token_id))(params, batch, rng)
+    settings = rollout.SamplingSettings.from_config(config.sampling)
+    pairs = jax.jit(spin.make_pairs_fn(cfg, settings, cfg.pad_token_id))(params, batch, rng)
     output = sample(
         cfg, params, batch["prompt_ids"], batch["prompt_mask"], rng=rng, max_new_tokens=12
     )
@@ -104,7 +110,7 @@ def test_rejected_is_the_reference_sample_after_the_demonstration_prompt():
         np.testing.assert_array_equal(pairs["rejected_loss_mask"][i], expected_loss)
         # The demonstration's response starts right after the same prompt.
         assert pairs["chosen_loss_mask"][i, p] == 1 and pairs["chosen_loss_mask"][i, p - 1] == 0
-    ref = direct.pair_logps(model, params, pairs)
+    ref = pair_logps(model, params, pairs)
     np.testing.assert_allclose(pairs["ref_chosen_logps"], ref[0], rtol=1e-6)
     np.testing.assert_allclose(pairs["ref_rejected_logps"], ref[1], rtol=1e-6)
     np.testing.assert_allclose(pairs["ref_rejected_logps"], output.response_logprobs.sum(-1), 1e-4)
@@ -114,11 +120,12 @@ def test_rejected_is_the_reference_sample_after_the_demonstration_prompt():
 def random_policy(tmp_path_factory):
     """A randomly initialized gpt2-tiny exported as a Hugging Face directory."""
     config = small_config()
-    cfg = common.model_config(config, TOKENIZER)
+    cfg = model_config(config)
     ids = jnp.zeros((1, 2), jnp.int32)
     model = Transformer(cfg)
     params = sharding.unbox(model.init(jax.random.key(0), ids, jnp.ones_like(ids))["params"])
-    return common.export(str(tmp_path_factory.mktemp("policy")), cfg, params, TOKENIZER)
+    path = str(tmp_path_factory.mktemp("policy") / "export")
+    return export_model(path, cfg, params, TOKENIZER)
 
 
 def run(random_policy, workdir, num_steps):
@@ -138,6 +145,15 @@ def test_exact_resume_mid_round(random_policy, tmp_path):
     run(random_policy, resumed, 3)  # stops inside round 2 (steps 2-3 share a reference)
     metrics = run(random_policy, resumed, 4)  # resumes: the reference comes from the checkpoint
     assert metrics["eval/num_samples"] == 8 and "eval/nll" in metrics
+    # Every part of the state resumed exactly: the reference of the round and the optimizer.
+    from irl_jax.checkpoint import CheckpointManager
+
+    states = []
+    for workdir in (straight, resumed):
+        manager = CheckpointManager(str(workdir))
+        states.append(manager.read(4))
+        manager.close()
+    jax.tree.map(np.testing.assert_array_equal, *states)
     a = load_file(str(straight / "export" / "model.safetensors"))
     b = load_file(str(resumed / "export" / "model.safetensors"))
     for name in a:
@@ -152,11 +168,18 @@ def test_config_errors_name_the_field(tmp_path):
     for options, message in [
         (dict(loss="simpo"), "config.spin.loss: 'simpo' is not one of"),
         (dict(steps_per_round=0), "config.spin.steps_per_round: must be >= 1"),
-        (dict(temperature=0.0), "config.spin.temperature: must be > 0"),
         (dict(beta=-1.0), "config.spin.beta: must be positive"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            spin.train(small_config(**options), str(tmp_path / "run"))
+            algorithms.run(small_config(**options), str(tmp_path / "run"))
+    for field, value, message in [
+        ("temperature", 0.0, "config.sampling.temperature: must be > 0"),
+        ("group_size", 2, "config.sampling.group_size: SPIN draws one rejected response"),
+    ]:
+        config = small_config()
+        config.sampling[field] = value
+        with pytest.raises(ConfigError, match=message):
+            algorithms.run(config, str(tmp_path / "run"))
     with pytest.raises(ConfigError, match="config.init_from: .* starts from an SFT policy"):
-        spin.train(small_config(), str(tmp_path / "run"))
+        algorithms.run(small_config(), str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()

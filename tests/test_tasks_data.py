@@ -7,6 +7,7 @@ import pytest
 
 from irl_jax.data.formats import detect_format
 from irl_jax.tasks import TASKS, ReasoningTask, build_tokenizer, get_task, vocab
+from irl_jax.tasks.base import split_of
 
 NAMES = sorted(TASKS)
 
@@ -80,7 +81,42 @@ def test_sequences_fit_the_tiny_model_budgets(name):
     response_lens = [len(ids) + 1 for ids in tokenizer(list(demos["completion"])).input_ids]
     assert max(p + r for p, r in zip(prompt_lens, response_lens)) <= 48
     if name == "preference":
-        assert max(prompt_lens) <= 8 and min(response_lens) >= 5 and max(response_lens) <= 16
+        # "[opener noun copula intensifier adjective .] verb the topic": at most 9 words.
+        assert max(prompt_lens) <= 9 and min(response_lens) >= 5 and max(response_lens) <= 16
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_evaluation_prompts_never_occur_in_training(name):
+    """Every prompt belongs to one split by a hash of its text: the generators' eval prompts are
+    disjoint from their train prompts, and the prompt spaces hold thousands of prompts."""
+    task = get_task(name)
+    train = set(task.prompts(4096, 0))
+    held_out = set(task.prompts(512, 1, split="eval"))
+    assert not train & held_out
+    assert all(split_of(p) == "train" for p in train)
+    assert all(split_of(p) == "eval" for p in held_out)
+    assert len(held_out) > 256 and len(train) > 2048  # thousands of distinct prompts
+    demos = task.demonstrations(64, 1, split="eval")
+    assert set(demos["prompt"]) <= set(task.prompts(64, 1, split="eval"))
+    with pytest.raises(ValueError, match="split must be one of"):
+        task.prompts(4, 0, split="test")
+
+
+def test_preference_remarks_are_distractors_of_the_gold_reward():
+    """The remark before the request changes nothing: the topic is the request's (the last
+    topic name), so the same response scores the same after any remark."""
+    task = get_task("preference")
+    response = ["the soup was very tasty indeed and fresh ."] * 3
+    prompts = [
+        "review the food",
+        "my plot was dull . review the food",
+        "the hero is fun . rate the food",
+    ]
+    scores = task.gold_reward_text(prompts, response)
+    assert scores[0] == scores[1] == scores[2] > 1.0
+    assert task.demonstrator_logprob(prompts[1], response[0]) == task.demonstrator_logprob(
+        prompts[0], response[0]
+    )
 
 
 def test_flip_rate_matches_the_annotation_model():

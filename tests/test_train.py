@@ -14,7 +14,8 @@ from irl_jax.checkpoint import CheckpointManager
 from irl_jax.data.iterator import BatchIterator, eval_batches
 from irl_jax.metrics import read_metrics
 from irl_jax.models import Transformer, preset
-from irl_jax.train import create_train_state, make_optimizer, make_train_step, train_loop
+from irl_jax.models import source as model_source
+from irl_jax.train import create_model, create_state, make_optimizer, supervised_step, train_loop
 from irl_jax.train.optim import learning_rate_schedule
 
 CFG = preset("llama-tiny", vocab_size=64, num_layers=1)
@@ -37,29 +38,31 @@ def mesh_of(mesh_shape):
     return sharding.make_mesh(mesh_shape, jax.devices()[:count])
 
 
-def build(mesh_shape, *, frozen=(), grad_accum=1, lr=1e-2, weight_decay=0.0):
+def build(mesh_shape, *, frozen=(), grad_accum=1, lr=1e-2, weight_decay=0.0, clip=1.0):
     mesh = mesh_of(mesh_shape)
-    model = Transformer(CFG)
-    ids = jnp.zeros((1, 2), jnp.int32)
-    init = lambda: model.init(jax.random.key(0), ids, jnp.ones_like(ids))["params"]
+    return (mesh, *build_on(mesh, frozen, grad_accum, lr, weight_decay, clip))
+
+
+def build_on(mesh, frozen=(), grad_accum=1, lr=3e-2, weight_decay=0.0, clip=1.0):
     optimizer, schedule = make_optimizer(
         num_steps=10,
         learning_rate=lr,
         warmup_steps=2,
         weight_decay=weight_decay,
         frozen=frozen,
-        max_grad_norm=1.0,
+        max_grad_norm=clip,
     )
-    state, shardings = create_train_state(init, optimizer, mesh, seed=0)
-    step = make_train_step(
+    policy = create_model(model_source.init_fn(Transformer(CFG), 0), optimizer, mesh)
+    state, shardings = create_state(mesh, seed=0, models={"policy": policy})
+    step = supervised_step(
         sft.make_loss_fn(CFG),
         optimizer,
         shardings,
         mesh,
-        schedule=schedule,
         grad_accum_steps=grad_accum,
+        schedule=schedule,
     )
-    return mesh, state, shardings, step
+    return state, shardings, step
 
 
 def run_steps(mesh, state, step, arrays, n, batch_size=8):
@@ -68,9 +71,13 @@ def run_steps(mesh, state, step, arrays, n, batch_size=8):
     data = sharding.batch_sharding(mesh)
     for _ in range(n):
         batch = {k: jax.device_put(v, data) for k, v in next(batches).items()}
-        state, metrics = step(state, batch, None)
+        state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
     return state, np.array(losses)
+
+
+def params_of(state):
+    return jax.device_get(state.models["policy"].params)
 
 
 def test_learning_rate_schedule_values():
@@ -91,9 +98,9 @@ def test_frozen_subtrees_and_decay_mask():
     mesh, state, _, step = build(
         {"data": 1}, frozen=("^embed/", "layer_0/attn/q/"), weight_decay=0.1
     )
-    before = jax.device_get(state.params)
+    before = params_of(state)
     state, _ = run_steps(mesh, state, step, random_sft_arrays(), 3)
-    after = jax.device_get(state.params)
+    after = params_of(state)
     np.testing.assert_array_equal(after["embed"]["embedding"], before["embed"]["embedding"])
     np.testing.assert_array_equal(
         after["layer_0"]["attn"]["q"]["kernel"], before["layer_0"]["attn"]["q"]["kernel"]
@@ -109,19 +116,42 @@ def test_frozen_subtrees_and_decay_mask():
     assert mask["layer_0"]["mlp"]["up"]["kernel"] and not mask["final_norm"]["scale"]
 
 
-def test_gradient_accumulation_equals_full_batch():
+def test_gradient_accumulation_equals_the_global_token_mean():
+    """Rows of very different lengths: 4 microbatches give the same update as 1, because the
+    token-mean loss is Σ token losses / Σ tokens over the whole batch, not the mean of the
+    microbatches' means (which would weight a short microbatch's tokens more)."""
     arrays = random_sft_arrays()
-    arrays["attention_mask"][:] = 1
-    arrays["loss_mask"][:, 3:] = 1  # equal token counts per row: microbatch means average exactly
-    mesh, state, _, step = build({"data": 1})
-    full, _ = run_steps(mesh, state, step, arrays, 2)
-    mesh, state, _, step = build({"data": 1}, grad_accum=4)
-    accumulated, _ = run_steps(mesh, state, step, arrays, 2)
+    lengths = np.where(np.arange(64) % 8 < 2, 12, 5)  # each microbatch of 2: one long, one short
+    lengths[np.arange(64) % 8 >= 4] = 4  # ... and whole microbatches of short rows
+    arrays["attention_mask"] = (np.arange(12)[None] < lengths[:, None]).astype(np.int32)
+    arrays["loss_mask"] = arrays["attention_mask"].copy()
+    arrays["loss_mask"][:, :3] = 0
+    batch = {k: v[:8] for k, v in arrays.items()}
+    tokens = batch["loss_mask"].reshape(4, 2, 12).sum(axis=(1, 2))
+    assert len(set(tokens.tolist())) > 1  # microbatches of unequal token counts
+    # SGD without clipping: the update is −lr · gradient, so gradients are compared directly.
+    results = {}
+    for accum in (1, 4):
+        mesh = mesh_of({"data": 1})
+        optimizer, _ = make_optimizer(num_steps=10, learning_rate=0.1, name="sgd")
+        policy = create_model(model_source.init_fn(Transformer(CFG), 0), optimizer, mesh)
+        initial = jax.device_get(policy[0].params)
+        state, shardings = create_state(mesh, seed=0, models={"policy": policy})
+        step = supervised_step(
+            sft.make_loss_fn(CFG), optimizer, shardings, mesh, grad_accum_steps=accum
+        )
+        state, metrics = step(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
+        results[accum] = (float(metrics["loss"]), params_of(state))
+    assert results[4][0] == pytest.approx(results[1][0], rel=1e-6)
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, atol=2e-6),
-        jax.device_get(full.params),
-        jax.device_get(accumulated.params),
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7), results[1][1], results[4][1]
     )
+    # The loss is Σ NLL / Σ tokens of the whole batch, by hand from one forward; the mean of the
+    # four microbatches' token means differs from it.
+    logps = np.asarray(sft.token_logps(Transformer(CFG), initial, batch))
+    nll = -(logps * batch["loss_mask"]).reshape(4, 2, 12).sum(axis=(1, 2))
+    assert results[1][0] == pytest.approx(nll.sum() / tokens.sum(), rel=1e-5)
+    assert abs(np.mean(nll / tokens) - nll.sum() / tokens.sum()) > 0.01
 
 
 def test_222_mesh_losses_equal_one_device():
@@ -133,23 +163,12 @@ def test_222_mesh_losses_equal_one_device():
     with jax.set_mesh(mesh8):
         state8, losses8 = run_steps(mesh8, state8, step8, arrays, 5)
     np.testing.assert_allclose(losses8, losses1, rtol=1e-5)
-    q = state8.params["layer_0"]["attn"]["q"]["kernel"]
+    policy = state8.models["policy"]
+    q = policy.params["layer_0"]["attn"]["q"]["kernel"]
     assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     # Adam moments are sharded like their params.
-    mu = state8.opt_state[1][0].mu["layer_0"]["attn"]["q"]["kernel"]
+    mu = policy.opt_state[1][0].mu["layer_0"]["attn"]["q"]["kernel"]
     assert mu.sharding.spec == q.sharding.spec
-
-
-def build_on(mesh):
-    model = Transformer(CFG)
-    ids = jnp.zeros((1, 2), jnp.int32)
-    init = lambda: model.init(jax.random.key(0), ids, jnp.ones_like(ids))["params"]
-    optimizer, schedule = make_optimizer(
-        num_steps=10, learning_rate=3e-2, warmup_steps=2, max_grad_norm=1.0
-    )
-    state, shardings = create_train_state(init, optimizer, mesh, seed=0)
-    step = make_train_step(sft.make_loss_fn(CFG), optimizer, shardings, mesh, schedule=schedule)
-    return state, shardings, step
 
 
 def test_no_recompilation_after_first_step():
@@ -172,13 +191,13 @@ def test_checkpoint_round_trip_restores_typed_key_and_shardings(tmp_path):
     assert data_state == {"iterator": {"epoch": 0, "index": 2}} and config == {"lr": 0.1}
     assert jax.dtypes.issubdtype(restored.rng.dtype, jax.dtypes.prng_key)
     np.testing.assert_array_equal(jax.random.key_data(restored.rng), jax.random.key_data(state.rng))
-    jax.tree.map(
-        np.testing.assert_array_equal, jax.device_get(restored.params), jax.device_get(state.params)
+    same = lambda a, b: np.testing.assert_array_equal(
+        jax.random.key_data(a) if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else a,
+        jax.random.key_data(b) if jax.dtypes.issubdtype(b.dtype, jax.dtypes.prng_key) else b,
     )
-    assert (
-        restored.params["embed"]["embedding"].sharding
-        == state.params["embed"]["embedding"].sharding
-    )
+    jax.tree.map(same, jax.device_get(restored), jax.device_get(state))
+    embedding = lambda s: s.models["policy"].params["embed"]["embedding"]
+    assert embedding(restored).sharding == embedding(state).sharding
 
 
 def test_batch_iterator_resume_and_process_slices():
@@ -209,14 +228,14 @@ def test_loop_writes_metrics_and_keeps_last_good_checkpoint(tmp_path):
     train_loop(
         state=state,
         state_shardings=shardings,
-        train_step=lambda s, b: step(s, b, None),
+        train_step=step,
         batches=BatchIterator(arrays, 8, seed=0),
         mesh=mesh,
         workdir=workdir,
         num_steps=4,
         log_every=2,
         checkpoint_every=2,
-        eval_fn=lambda s: {"answer": 42.0},
+        evaluate=lambda s: ({"answer": 42.0}, []),
     )
     rows = read_metrics(workdir)
     assert [r["step"] for r in rows if "train/loss" in r] == [2, 4]
@@ -226,7 +245,7 @@ def test_loop_writes_metrics_and_keeps_last_good_checkpoint(tmp_path):
     assert CheckpointManager(workdir).all_steps() == [2, 4]
 
     def exploding(state, batch):
-        state, metrics = step(state, batch, None)
+        state, metrics = step(state, batch)
         return state, {**metrics, "loss": metrics["loss"] * jnp.nan}
 
     mesh, state, shardings, step = build({"data": -1})

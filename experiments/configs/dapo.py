@@ -22,7 +22,7 @@ def get_config():
     pg.aggregation = "token_mean"
     pg.kl_coef = 0.0
     pg.dynamic_sampling = True
-    pg.oversample = 2  # sample 32 groups, keep 16 with non-zero reward variance
+    pg.max_sampling_rounds = 3  # draw 16 groups at a time until 16 have reward variance
     pg.overlong_buffer = 2  # budget 6 tokens: 5 costs −0.5, 6 (truncated) −1
     pg.num_minibatches = 2  # two updates per rollout, so the second one is off-policy
     return config

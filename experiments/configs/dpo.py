@@ -12,11 +12,11 @@ win rate 0.77 ± 0.03 against the SFT policy at eval/kl_mean 3.9. With beta=0.1 
 4x further (KL 16.8) for less: gold 1.51 ± 0.06, win rate 0.60.
 """
 
-from irl_jax.config import base_config
+from irl_jax.algorithms import experiment_config
 
 
 def get_config():
-    config = base_config("direct")
+    config = experiment_config("direct")
     config.init_from = "runs/sft/export"  # the SFT export of the first command
     config.num_steps = 200
     config.batch_size = 32

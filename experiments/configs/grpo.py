@@ -16,7 +16,7 @@ eval/reward/gold_mean ≈ 0.64 (measured 0.645 ± 0.030): +37 points; win rate 0
 nats. ``:dr_grpo``: 0.609 ± 0.031.
 """
 
-from irl_jax.config import base_config
+from irl_jax.algorithms import experiment_config
 
 SFT_STEPS = 800
 SFT_WORKDIR = "runs/arithmetic_sft"
@@ -33,7 +33,7 @@ def _arithmetic(config):
 
 def sft_config():
     """Stage 1: behaviour cloning on the noisy demonstrator, stopped early."""
-    config = _arithmetic(base_config("sft"))
+    config = _arithmetic(experiment_config("sft"))
     config.model = "gpt2-tiny"
     config.num_steps = SFT_STEPS
     config.batch_size = 32
@@ -44,7 +44,7 @@ def sft_config():
 
 def rl_config():
     """Stage 2: GRPO (group-scaled advantages, per-sequence mean, k3 KL in the loss)."""
-    config = _arithmetic(base_config("policy_gradient"))
+    config = _arithmetic(experiment_config("policy_gradient"))
     config.init_from = f"{SFT_WORKDIR}/export"
     config.num_steps = 400  # iterations
     config.batch_size = 16  # prompts per iteration
@@ -53,14 +53,14 @@ def rl_config():
     config.checkpoint_every = 100
     config.policy_eval.num_prompts = 256
     config.policy_eval.max_new_tokens = 6
+    config.sampling.group_size = 8
+    config.sampling.max_new_tokens = 6
+    config.sampling.temperature = 1.0
     config.optimizer.learning_rate = 3e-4
     config.optimizer.schedule = "constant"
     config.optimizer.warmup_steps = 10
     pg = config.policy_gradient
     pg.estimator = "grpo"
-    pg.group_size = 8
-    pg.max_new_tokens = 6
-    pg.temperature = 1.0
     pg.advantage_scale = "group"
     pg.aggregation = "sequence_mean"
     pg.kl_coef = 0.04

@@ -33,7 +33,7 @@ def get_config():
     reward_model.init_from = "@sft"
     policy = rlhf.get_config()
     policy.init_from = "@sft"
-    policy.policy_gradient.reward_model = "@reward_model"
+    policy.reward.model = "@reward_model"
     direct = dpo.get_config()
     direct.init_from = "@sft"
     return pipeline_config(

@@ -17,6 +17,6 @@ def get_config():
     pg = config.policy_gradient
     pg.estimator = "reinforce"  # A = r − b, b a bias-corrected moving average of batch means
     pg.baseline_decay = 0.9
-    pg.group_size = 1
+    config.sampling.group_size = 1
     config.batch_size = 128  # 128 responses per iteration, as GRPO's 16 × 8
     return config

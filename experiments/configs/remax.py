@@ -16,6 +16,6 @@ def get_config():
     config = grpo.rl_config()
     pg = config.policy_gradient
     pg.estimator = "remax"  # A = r(x, y) − r(x, ȳ_greedy) (Li et al. 2023)
-    pg.group_size = 1
+    config.sampling.group_size = 1
     config.batch_size = 64  # 64 sampled + 64 greedy responses per iteration
     return config

@@ -24,11 +24,11 @@ At 0.05 the policy exploits the proxy (the highest learned reward, a lower gold 
 responses piling up praise words, "the soup was great indeed very great indeed soulful …").
 """
 
-from irl_jax.config import base_config
+from irl_jax.algorithms import experiment_config
 
 
 def get_config():
-    config = base_config("policy_gradient")
+    config = experiment_config("policy_gradient")
     config.init_from = "runs/sft/export"
     config.num_steps = 100  # iterations
     config.batch_size = 16  # prompts per iteration
@@ -41,15 +41,15 @@ def get_config():
     config.data.num_eval = 256
     config.policy_eval.num_prompts = 256
     config.policy_eval.max_new_tokens = 24
+    config.reward.source = "model"
+    config.reward.model = "runs/rm/export"
+    config.sampling.group_size = 8
+    config.sampling.max_new_tokens = 24
     config.optimizer.learning_rate = 3e-4
     config.optimizer.schedule = "constant"
     config.optimizer.warmup_steps = 10
     pg = config.policy_gradient
-    pg.reward = "model"
-    pg.reward_model = "runs/rm/export"
     pg.estimator = "grpo"
-    pg.group_size = 8
-    pg.max_new_tokens = 24
     pg.kl_coef = 0.2
     pg.kl_estimator = "k3"
     return config

@@ -11,11 +11,11 @@ oracle 1.15 (Best-of-4) on 256 held-out candidate sets. WORKDIR/export is a
 score head) reaches eval/gold_accuracy ≈ 0.90.
 """
 
-from irl_jax.config import base_config
+from irl_jax.algorithms import experiment_config
 
 
 def get_config():
-    config = base_config("reward_model")
+    config = experiment_config("reward_model")
     config.model = "gpt2-tiny"
     config.num_steps = 300
     config.batch_size = 32

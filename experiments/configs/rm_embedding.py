@@ -19,11 +19,11 @@ with the SFT backbone (a fine-tuned decoder RM reaches 0.83 from scratch and 0.9
 policy: rm_bt.py).
 """
 
-from irl_jax.config import base_config
+from irl_jax.algorithms import experiment_config
 
 
 def get_config():
-    config = base_config("embedding_rm")
+    config = experiment_config("embedding_rm")
     config.model = "gpt2-tiny"
     config.num_steps = 400
     config.batch_size = 64

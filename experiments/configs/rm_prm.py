@@ -16,7 +16,7 @@ candidates by Σ_steps log σ(s_t) gains eval/bon_gain ≈ 0.09 of an oracle 0.5
 correctness (eval/spearman ≈ 0.30).
 """
 
-from irl_jax.config import base_config
+from irl_jax.algorithms import experiment_config
 
 SFT_WORKDIR = "runs/reasoning_sft"
 
@@ -33,7 +33,7 @@ def _reasoning(config):
 
 def sft_config():
     """Stage 1: behaviour cloning on the reasoning demonstrations."""
-    config = _reasoning(base_config("sft"))
+    config = _reasoning(experiment_config("sft"))
     config.num_steps = 2000
     config.eval_every = 500
     config.optimizer.learning_rate = 3e-3
@@ -42,7 +42,7 @@ def sft_config():
 
 def prm_config():
     """Stage 2: the process reward model from the SFT policy."""
-    config = _reasoning(base_config("reward_model"))
+    config = _reasoning(experiment_config("reward_model"))
     config.init_from = f"{SFT_WORKDIR}/export"
     config.num_steps = 1000
     config.eval_every = 500

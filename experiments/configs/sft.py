@@ -6,11 +6,11 @@ Expected (CPU, ~1 min): eval/nll within 0.1 nats/token of eval/demonstrator_entr
 i.e. eval/nll_gap < 0.1 after 400 steps.
 """
 
-from irl_jax.config import base_config
+from irl_jax.algorithms import experiment_config
 
 
 def get_config():
-    config = base_config("sft")
+    config = experiment_config("sft")
     config.model = "gpt2-tiny"
     config.num_steps = 400
     config.batch_size = 32

@@ -13,11 +13,11 @@ of 100 steps the iterates drift (KL 30, responses of 14 tokens) and the gold rew
 to −2.2.
 """
 
-from irl_jax.config import base_config
+from irl_jax.algorithms import experiment_config
 
 
 def get_config():
-    config = base_config("spin")
+    config = experiment_config("spin")
     config.init_from = "runs/sft_short/export"  # the SFT export of the first command
     config.num_steps = 300
     config.batch_size = 32
@@ -31,5 +31,5 @@ def get_config():
     config.spin.loss = "dpo"
     config.spin.beta = 1.0
     config.spin.steps_per_round = 50
-    config.spin.max_new_tokens = 24
+    config.sampling.max_new_tokens = 24
     return config

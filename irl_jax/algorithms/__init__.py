@@ -2,7 +2,9 @@
 
 Every algorithm is a module with ``train(config, workdir) -> final metrics`` and, if it has
 options, ``default_config() -> ConfigDict`` (its section of the experiment config, named after
-the algorithm). ``run(config, workdir)`` dispatches on ``config.algorithm``.
+the algorithm), ``validate(config)`` (checks of that section) and ``validate_paths(config)``
+(the directories it reads). ``run(config, workdir)`` validates the config once, then
+dispatches on ``config.algorithm``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import importlib
 from types import ModuleType
 
 import ml_collections
+
+from irl_jax.config import ConfigError, base_config, check_keys, validate_base
 
 # algorithm name -> module (imported on first use).
 MODULES = {
@@ -27,16 +31,65 @@ MODULES = {
 def module(name: str) -> ModuleType:
     """The module implementing algorithm ``name``."""
     if name not in MODULES:
-        raise ValueError(f"config.algorithm={name!r}; expected one of {sorted(MODULES)}")
+        raise ConfigError(f"config.algorithm={name!r}; expected one of {sorted(MODULES)}")
     return importlib.import_module(MODULES[name])
 
 
-def default_section(name: str) -> ml_collections.ConfigDict | None:
-    """The algorithm's option section (``None`` when it has no options)."""
+def experiment_config(name: str) -> ml_collections.ConfigDict:
+    """The base config (``irl_jax.config.base_config``) with algorithm ``name``'s section."""
+    config = base_config(name)
     default = getattr(module(name), "default_config", None)
-    return default() if default is not None else None
+    if default is not None:
+        config[name] = default()
+    return config
+
+
+def validate_config(
+    config: ml_collections.ConfigDict,
+    device_count: int | None = None,
+    *,
+    check_paths: bool = True,
+) -> None:
+    """Checks field names and values; raises ``ConfigError`` naming the field.
+
+    Args:
+      config: the experiment config (or a pipeline of them).
+      device_count: devices to build the mesh on (default: all JAX devices).
+      check_paths: also check that the directories the run reads from exist (``tokenizer``,
+        ``init_from`` and the algorithm's ``validate_paths``); a pipeline turns this off for a
+        stage that reads an earlier stage's output, which does not exist yet.
+    """
+    import jax
+
+    algorithm = module(config.get("algorithm"))
+    if config.algorithm == "pipeline":
+        algorithm.validate(config)
+        return
+    check_keys(config, experiment_config(config.algorithm))
+    devices = jax.devices()[: device_count or jax.device_count()]
+    validate_base(config, devices)
+    if hasattr(algorithm, "validate"):
+        algorithm.validate(config)
+    if check_paths:
+        validate_paths(config)
+
+
+def validate_paths(config: ml_collections.ConfigDict) -> None:
+    """The directories that ``config`` reads (``init_from``, ``tokenizer``, the algorithm's)."""
+    import os
+
+    from irl_jax.config import require
+
+    for field in ("tokenizer", "init_from"):
+        path = config[field]
+        require(not path or os.path.isdir(path), field, f"directory {path!r} does not exist")
+    algorithm = module(config.algorithm)
+    if hasattr(algorithm, "validate_paths"):
+        algorithm.validate_paths(config)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Runs ``config.algorithm`` in ``workdir``; returns its final evaluation metrics."""
+    """Validates ``config`` (once, before anything compiles), then runs ``config.algorithm`` in
+    ``workdir``; returns its final evaluation metrics."""
+    validate_config(config)
     return module(config.algorithm).train(config, workdir)

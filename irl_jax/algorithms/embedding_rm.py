@@ -29,14 +29,16 @@ import optax
 from absl import logging
 
 from irl_jax import sharding as sharding_lib
-from irl_jax.algorithms import common, reward_model
-from irl_jax.config import ConfigError, validate_config
-from irl_jax.data.iterator import BatchIterator
+from irl_jax.algorithms import reward_model
+from irl_jax.algorithms import setup as setup_lib
+from irl_jax.config import require
 from irl_jax.evaluation import reward as reward_eval
+from irl_jax.evaluation.batches import map_rows
 from irl_jax.models import ModelConfig, Transformer
+from irl_jax.models import source as model_source
 from irl_jax.models.heads import gather_last
 from irl_jax.objectives import reward as objectives
-from irl_jax.train import create_train_state, make_train_step, optimizer_from_config
+from irl_jax.train import Loss, create_model, create_state, optimizer_from_config, supervised_step
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -54,10 +56,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     reward_model.validate_preference_options(config, "embedding_rm", reward_model.PAIR_LOSSES)
     s = config.embedding_rm
     for field in ("num_seeds", "embed_batch_size"):
-        if s[field] < 1:
-            raise ConfigError(f"config.embedding_rm.{field}: must be >= 1, got {s[field]}")
-    if s.head_hidden < 0:
-        raise ConfigError(f"config.embedding_rm.head_hidden: must be >= 0, got {s.head_hidden}")
+        require(s[field] >= 1, f"embedding_rm.{field}", f"must be >= 1, got {s[field]}")
+    require(s.head_hidden >= 0, "embedding_rm.head_hidden", f"must be >= 0, got {s.head_hidden}")
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -80,20 +80,16 @@ def embed_sequences(
         ).hidden_states
         return gather_last(hidden, batch["attention_mask"]).astype(jnp.float32)
 
-    embed = jax.jit(
-        embed,
-        in_shardings=(None, sharding_lib.batch_sharding(mesh)),
-        out_shardings=sharding_lib.replicated(mesh),
-    )
+    embed = jax.jit(embed, out_shardings=sharding_lib.replicated(mesh))
     arrays = {"input_ids": input_ids, "attention_mask": attention_mask}
-    return reward_eval.map_rows(embed, params, arrays, batch_size, mesh)
+    return map_rows(embed, params, arrays, batch_size, mesh)
 
 
 def backbone_fingerprint(config: ml_collections.ConfigDict, cfg: ModelConfig) -> str:
     """sha256 of the backbone: its directory's ``config.json`` and safetensors bytes, or (a
     random preset) the model config and seed; the model config (dtypes) in both cases."""
     digest = hashlib.sha256(repr(cfg).encode())
-    source = common.model_source(config)
+    source = model_source.weights_dir(config.model, config.init_from)
     if not source:
         digest.update(f"random init, seed {config.seed}".encode())
         return digest.hexdigest()
@@ -108,9 +104,11 @@ def backbone_fingerprint(config: ml_collections.ConfigDict, cfg: ModelConfig) ->
 
 def _backbone_params(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh) -> Any:
     """The frozen backbone's ``Transformer`` params (a sequence classifier's ``transformer``)."""
-    init_fn, params = common.policy_init(config, cfg, mesh)
-    if params is None:
+    source = model_source.weights_dir(config.model, config.init_from)
+    if not source:
+        init_fn = model_source.init_fn(Transformer(cfg), config.seed)
         return sharding_lib.init_sharded(init_fn, mesh)[0]
+    params = model_source.load_params(source, mesh, dict(config.model_overrides))
     return params.get("transformer", params)
 
 
@@ -189,8 +187,9 @@ def per_seed(optimizer: optax.GradientTransformation, num_seeds: int):
 
 
 def make_loss_fn(head: EmbeddingHead, settings: ml_collections.ConfigDict):
-    """``loss_fn(stacked params, batch, rng, frozen)``: the mean over seeds of each seed's pair
-    loss on ``chosen_embedding``/``rejected_embedding`` ``[B, D]`` and ``margin`` ``[B]``."""
+    """``loss_fn(stacked params, batch, rng, frozen) -> (Loss, metrics)``: the mean over seeds
+    of each seed's mean pair loss on ``chosen_embedding``/``rejected_embedding`` ``[B, D]`` and
+    ``margin`` ``[B]``."""
 
     def one_seed(params, batch):
         features = jnp.concatenate([batch["chosen_embedding"], batch["rejected_embedding"]])
@@ -201,7 +200,7 @@ def make_loss_fn(head: EmbeddingHead, settings: ml_collections.ConfigDict):
     def loss_fn(params, batch, rng, frozen):
         del rng, frozen
         losses, accuracy = jax.vmap(one_seed, in_axes=(0, None))(params, batch)
-        return losses.mean(), {"accuracy": accuracy.mean()}
+        return Loss.mean(losses), {"accuracy": accuracy.mean()}
 
     return loss_fn
 
@@ -264,7 +263,7 @@ def embedding_data(
     train = np.concatenate([by_part["train_chosen"], by_part["train_rejected"]])
     mean, std = train.mean(axis=0), train.std(axis=0) + 1e-6
     standardize = lambda x: ((x - mean) / std).astype(np.float32)
-    task = common.task_or_none(config)
+    task = setup_lib.task_of(config)
     gold = lambda a: reward_eval.sequence_gold(
         task.gold_reward, a["input_ids"], a["attention_mask"], a["loss_mask"]
     )
@@ -344,38 +343,36 @@ def make_evaluator(
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Embeds (or loads the cached embeddings), trains ``num_seeds`` heads at once through the
-    shared loop; returns the final evaluation metrics."""
-    validate_config(config)
+    shared loop; returns the final evaluation metrics. Nothing is exported (the heads read
+    cached embeddings, not text)."""
     settings = config.embedding_rm
-    mesh = common.make_mesh(config)
-    tokenizer = common.load_tokenizer(config)
-    cfg = common.model_config(config, tokenizer)
+    setup = setup_lib.setup(config)
     cache_dir = settings.cache_dir or os.path.join(workdir, "embedding_cache")
-    data = embedding_data(config, cfg, tokenizer, cache_dir, mesh)
+    data = embedding_data(config, setup.model_config, setup.tokenizer, cache_dir, setup.mesh)
     head = EmbeddingHead(settings.head_hidden)
     dim = data.train["chosen_embedding"].shape[1]
     optimizer, schedule = optimizer_from_config(config.optimizer, config.num_steps)
     optimizer = per_seed(optimizer, settings.num_seeds)
     init_fn = init_heads(head, dim, settings.num_seeds, config.seed)
-    state, shardings = create_train_state(init_fn, optimizer, mesh, seed=config.seed)
-    step = make_train_step(
+    heads = create_model(init_fn, optimizer, setup.mesh)
+    state, shardings = create_state(setup.mesh, seed=config.seed, models={"heads": heads})
+    step = supervised_step(
         make_loss_fn(head, settings),
         optimizer,
         shardings,
-        mesh,
-        schedule=schedule,
+        setup.mesh,
+        model="heads",
         grad_accum_steps=config.grad_accum_steps,
+        schedule=schedule,
     )
     evaluate = make_evaluator(head, data, settings)
-    state, final = common.run_loop(
-        config,
+    return setup_lib.run(
+        setup,
         workdir,
         state=state,
         shardings=shardings,
-        train_step=lambda state, batch: step(state, batch, None),
-        batches=BatchIterator(data.train, config.batch_size, seed=config.seed),
-        mesh=mesh,
-        evaluate=lambda params: (evaluate(params), []),
+        step=step,
+        data=data.train,
+        evaluate=lambda state: (evaluate(state.models["heads"].params), []),
         description="embedding_rm",
     )
-    return final

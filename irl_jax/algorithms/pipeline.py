@@ -3,12 +3,12 @@
 ``config.stages.<name>`` is a full experiment config (any algorithm but ``pipeline``);
 ``config.run`` the order. A string field of a stage that reads ``@<stage>`` is resolved to that
 earlier stage's Hugging Face export, ``WORKDIR/<stage>/export`` — e.g. ``init_from = "@sft"``,
-``policy_gradient.reward_model = "@reward_model"``. Each stage runs in ``WORKDIR/<stage>``
+``reward.model = "@reward_model"``. Each stage runs in ``WORKDIR/<stage>``
 through the shared loop (its own checkpoints, metrics and export), and leaves its final metrics
 in ``WORKDIR/<stage>/result.json``: a re-run skips finished stages and resumes an interrupted
 one from its checkpoint. ``WORKDIR/summary.json`` collects every stage's metrics.
 
-Validation happens before anything runs: field names and values of every stage, and the
+Validation happens once, before anything runs: field names and values of every stage, and the
 references (each names an earlier stage that exports). Stages that read an earlier stage's
 output get their directory checks when they start.
 """
@@ -22,13 +22,12 @@ import jax
 import ml_collections
 from absl import logging
 
-from irl_jax.config import ConfigError
+from irl_jax.config import ConfigError, require
 
 REFERENCE = "@"
 # The metrics ``summary_table`` shows per stage (those a stage reports).
 HEADLINES = (
-    "nll_gap",
-    "gold_accuracy",
+    "eval/nll_gap",
     "eval/gold_accuracy",
     "eval/reward/gold_mean",
     "eval/ref_reward/gold_mean",
@@ -59,29 +58,23 @@ def _references(config: ml_collections.ConfigDict, where: str = "") -> dict[str,
     return found
 
 
-def _require(condition: bool, field: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"config.{field}: {message}")
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the stage list, every stage config and the references between stages."""
     from irl_jax import algorithms
-    from irl_jax.config import validate_config
 
     if set(config.keys()) != {"algorithm", "run", "stages"}:
         raise ConfigError(
             "config: a pipeline config has exactly the fields algorithm, run and stages; got "
             f"{sorted(config.keys())}"
         )
-    _require(len(config.run) > 0, "run", "names no stage")
-    _require(len(set(config.run)) == len(config.run), "run", f"repeats a stage: {config.run}")
+    require(len(config.run) > 0, "run", "names no stage")
+    require(len(set(config.run)) == len(config.run), "run", f"repeats a stage: {config.run}")
     earlier: list[str] = []
     for name in config.run:
-        _require(name in config.stages, "run", f"{name!r} is not a stage ({sorted(config.stages)})")
+        require(name in config.stages, "run", f"{name!r} is not a stage ({sorted(config.stages)})")
         stage = config.stages[name]
         field = f"stages.{name}"
-        _require(
+        require(
             stage.get("algorithm") in set(algorithms.MODULES) - {"pipeline"},
             f"{field}.algorithm",
             f"{stage.get('algorithm')!r} is not a single algorithm "
@@ -89,18 +82,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
         references = _references(stage)
         for path, target in references.items():
-            _require(
+            require(
                 target in earlier,
                 f"{field}.{path}",
                 f"@{target} is not an earlier stage (earlier: {earlier})",
             )
-            _require(
+            require(
                 config.stages[target].export,
                 f"{field}.{path}",
                 f"stage {target!r} does not export (its export is False)",
             )
         try:
-            validate_config(stage, check_paths=not references)
+            algorithms.validate_config(stage, check_paths=not references)
         except ConfigError as e:
             raise ConfigError(f"stage {name!r}: {e}") from None
         earlier.append(name)
@@ -148,10 +141,10 @@ def _write_json(path: str, value) -> None:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Runs the stages in order; returns ``{"<stage>/<metric>": value}`` over all stages."""
+    """Runs the stages in order (the config validated already, by ``algorithms.run``); returns
+    ``{"<stage>/<metric>": value}`` over all stages."""
     from irl_jax import algorithms
 
-    validate(config)
     summary: dict[str, dict[str, float]] = {}
     for name in config.run:
         stage_dir = os.path.join(workdir, name)
@@ -163,7 +156,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             continue
         stage = resolve(config.stages[name], workdir)
         logging.info("stage %s (%s) in %s", name, stage.algorithm, stage_dir)
-        metrics = {k: float(v) for k, v in algorithms.run(stage, stage_dir).items()}
+        try:
+            algorithms.validate_paths(stage)  # the earlier stages' exports exist by now
+        except ConfigError as e:
+            raise ConfigError(f"stage {name!r}: {e}") from None
+        trained = algorithms.module(stage.algorithm).train(stage, stage_dir)
+        metrics = {k: float(v) for k, v in trained.items()}
         _write_json(result_path, metrics)
         summary[name] = metrics
         logging.info("stage %s: %s", name, {k: round(v, 4) for k, v in metrics.items()})

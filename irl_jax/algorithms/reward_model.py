@@ -19,7 +19,9 @@ Face ``*ForSequenceClassification`` directory (``WORKDIR/export``).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -29,15 +31,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from irl_jax import rewards as rewards_lib
 from irl_jax import sharding as sharding_lib
-from irl_jax.algorithms import common
-from irl_jax.config import ConfigError, validate_config
-from irl_jax.data.iterator import BatchIterator
+from irl_jax.algorithms import setup as setup_lib
+from irl_jax.config import require
 from irl_jax.evaluation import reward as reward_eval
-from irl_jax.models import ModelConfig, Transformer
-from irl_jax.models.heads import RewardModel
+from irl_jax.evaluation.batches import map_rows
+from irl_jax.models import ModelConfig
+from irl_jax.models import source as model_source
+from irl_jax.models.heads import RewardModel, TokenRewardModel
 from irl_jax.objectives import reward as objectives
-from irl_jax.train import create_train_state, make_train_step, optimizer_from_config
+from irl_jax.train import Loss, create_model, create_state, optimizer_from_config, supervised_step
 
 LOSSES = ("bradley_terry", "classification", "ranking", "process")
 PAIR_LOSSES = ("bradley_terry", "classification")
@@ -76,99 +80,46 @@ def default_config() -> ml_collections.ConfigDict:
     return settings
 
 
-def _check(checks: list[tuple[bool, str, str]]) -> None:
-    """Raises ``ConfigError("config.<field>: <message>")`` for the first failed check."""
-    for ok, field, message in checks:
-        if not ok:
-            raise ConfigError(f"config.{field}: {message}")
-
-
 def validate_preference_options(
     config: ml_collections.ConfigDict, section: str, losses: tuple[str, ...]
 ) -> None:
     """Checks ``config.<section>``'s shared options; raises ``ConfigError`` naming the field."""
     s, bt = config[section], config[section].loss == "bradley_terry"
-    _check_section = lambda checks: _check([(ok, f"{section}.{f}", m) for ok, f, m in checks])
-    _check_section(
-        [
-            (s.loss in losses, "loss", f"{s.loss!r}; expected one of {losses}"),
-            (
-                bt or s.margin == 0,
-                "margin",
-                f"applies to loss='bradley_terry' only, not {s.loss!r}",
-            ),
-            (s.centering >= 0, "centering", f"must be >= 0, got {s.centering}"),
-            (bt or s.centering == 0, "centering", "applies to loss='bradley_terry' only"),
-            (0 <= s.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)"),
-            (
-                s.ensemble_aggregation in AGGREGATIONS,
-                "ensemble_aggregation",
-                f"{s.ensemble_aggregation!r}; expected one of {AGGREGATIONS}",
-            ),
-            (s.uwo_penalty >= 0, "uwo_penalty", f"must be >= 0, got {s.uwo_penalty}"),
-            (s.beta_ann > 0, "beta_ann", f"must be > 0 (inf: noiseless), got {s.beta_ann}"),
-            (s.pairing in PAIRINGS, "pairing", f"{s.pairing!r}; expected one of {PAIRINGS}"),
-            (
-                s.eval_pairing in PAIRINGS,
-                "eval_pairing",
-                f"{s.eval_pairing!r}; expected {PAIRINGS}",
-            ),
-            (s.k >= 2, "k", f"must be >= 2, got {s.k}"),
-            (s.num_eval_prompts >= 0, "num_eval_prompts", "must be >= 0"),
-            (s.calibration_bins >= 1, "calibration_bins", "must be >= 1"),
-        ]
+    check = lambda ok, field, message: require(ok, f"{section}.{field}", message)
+    check(s.loss in losses, "loss", f"{s.loss!r}; expected one of {losses}")
+    check(bt or s.margin == 0, "margin", f"applies to loss='bradley_terry' only, not {s.loss!r}")
+    check(s.centering >= 0, "centering", f"must be >= 0, got {s.centering}")
+    check(bt or s.centering == 0, "centering", "applies to loss='bradley_terry' only")
+    check(0 <= s.label_smoothing < 0.5, "label_smoothing", "must be in [0, 0.5)")
+    check(
+        s.ensemble_aggregation in AGGREGATIONS,
+        "ensemble_aggregation",
+        f"{s.ensemble_aggregation!r}; expected one of {AGGREGATIONS}",
     )
+    check(s.uwo_penalty >= 0, "uwo_penalty", f"must be >= 0, got {s.uwo_penalty}")
+    check(s.beta_ann > 0, "beta_ann", f"must be > 0 (inf: noiseless), got {s.beta_ann}")
+    check(s.pairing in PAIRINGS, "pairing", f"{s.pairing!r}; expected one of {PAIRINGS}")
+    check(s.eval_pairing in PAIRINGS, "eval_pairing", f"{s.eval_pairing!r}; expected {PAIRINGS}")
+    check(s.k >= 2, "k", f"must be >= 2, got {s.k}")
+    check(s.num_eval_prompts >= 0, "num_eval_prompts", "must be >= 0")
+    check(s.calibration_bins >= 1, "calibration_bins", "must be >= 1")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks ``config.reward_model`` (before anything compiles)."""
     validate_preference_options(config, "reward_model", LOSSES)
-    s, task = config.reward_model, common.task_or_none(config)
-    process = s.loss == "process"
-    _check(
-        [
-            (s.num_heads >= 1, "reward_model.num_heads", f"must be >= 1, got {s.num_heads}"),
-            (not process or s.num_heads == 1, "reward_model.num_heads", "a PRM has one head"),
-            (
-                not process or task is None or hasattr(task, "stepwise"),
-                "data.task",
-                f"loss='process' needs step labels; {config.data.task!r} has none (use reasoning)",
-            ),
-        ]
+    s, process = config.reward_model, config.reward_model.loss == "process"
+    require(s.num_heads >= 1, "reward_model.num_heads", f"must be >= 1, got {s.num_heads}")
+    require(not process or s.num_heads == 1, "reward_model.num_heads", "a PRM has one head")
+    task = setup_lib.task_of(config)
+    require(
+        not process or task is None or hasattr(task, "stepwise"),
+        "data.task",
+        f"loss='process' needs step labels; {config.data.task!r} has none (use reasoning)",
     )
 
 
 # ----------------------------------------------------------------------------- model
-
-
-class TokenRewardModel(nn.Module):
-    """Decoder + ``RewardModel``'s linear score head applied at every position: a PRM.
-
-    Returns per-token scores ``[B, T]`` float32. The param tree equals ``RewardModel(config)``'s
-    (``{"transformer", "score"}``), so a PRM exports as (and loads from) a sequence classifier,
-    whose score is the PRM's score at the last token.
-    """
-
-    config: ModelConfig
-
-    @nn.compact
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        cfg = self.config
-        hidden = Transformer(cfg, name="transformer")(
-            input_ids, attention_mask, compute_logits=False
-        ).hidden_states
-        scores = nn.DenseGeneral(
-            1,
-            use_bias=False,
-            dtype=cfg.compute_dtype,
-            param_dtype=cfg.weight_dtype,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.normal(1.0 / (cfg.hidden_size + 1) ** 0.5),
-                ("embed", "reward_heads"),
-            ),
-            name="score",
-        )(hidden)
-        return scores[..., 0].astype(jnp.float32)
 
 
 def build_model(cfg: ModelConfig, settings: ml_collections.ConfigDict) -> nn.Module:
@@ -178,28 +129,25 @@ def build_model(cfg: ModelConfig, settings: ml_collections.ConfigDict) -> nn.Mod
     return RewardModel(cfg, num_heads=settings.num_heads)
 
 
-def init_params(
-    config: ml_collections.ConfigDict, model: nn.Module, mesh: jax.sharding.Mesh
-) -> tuple[Callable[[], Any], Any]:
+def initial_params(setup: setup_lib.Setup, model: nn.Module) -> tuple[Callable[[], Any], Any]:
     """``(init_fn, params)`` of the reward model; ``params`` is ``None`` for a random init.
 
     From a causal-LM directory the backbone is its params minus ``lm_head`` and the score head
     is freshly initialized (only that part of ``init_fn`` runs: XLA drops the rest); a
     sequence-classification directory supplies both, its head count checked against the model.
     """
-    ids = jnp.zeros((1, 2), jnp.int32)
-    init_fn = lambda: model.init(jax.random.key(config.seed), ids, jnp.ones_like(ids))["params"]
-    _, loaded = common.policy_init(config, model.config, mesh)
+    init_fn = model_source.init_fn(model, setup.config.seed)
+    loaded = setup.load_weights()
     if loaded is None:
         return init_fn, None
     abstract = jax.eval_shape(init_fn)
     if "score" in loaded:
         expected = sharding_lib.unbox(abstract)["score"]["kernel"].shape[-1]
         heads = loaded["score"]["kernel"].shape[-1]
-        message = f"{common.model_source(config)!r} has {heads} score heads, the model {expected}"
-        _check([(heads == expected, "reward_model.num_heads", message)])
+        message = f"{setup.weights!r} has {heads} score heads, the model {expected}"
+        require(heads == expected, "reward_model.num_heads", message)
         return init_fn, loaded
-    shardings = sharding_lib.tree_shardings(abstract["score"], mesh)
+    shardings = sharding_lib.tree_shardings(abstract["score"], setup.mesh)
     score = jax.jit(lambda: sharding_lib.unbox(init_fn()["score"]), out_shardings=shardings)()
     backbone = {name: value for name, value in loaded.items() if name != "lm_head"}
     return init_fn, {"transformer": backbone, "score": score}
@@ -243,7 +191,8 @@ def pair_losses(
 
 
 def make_loss_fn(model: nn.Module, settings: ml_collections.ConfigDict):
-    """``loss_fn(params, batch, rng, frozen) -> (loss, metrics)`` for ``settings.loss``.
+    """``loss_fn(params, batch, rng, frozen) -> (Loss, metrics)`` for ``settings.loss`` (the
+    mean over rows, and over ensemble heads).
 
     Pair batches: ``{chosen,rejected}_{input_ids,attention_mask}`` and ``margin``; ranking
     batches: ``input_ids``/``attention_mask`` ``[B, K, T]`` (best first); stepwise batches:
@@ -280,7 +229,7 @@ def make_loss_fn(model: nn.Module, settings: ml_collections.ConfigDict):
             right = (scores > 0) == (batch["step_labels"] > 0.5)
             accuracy = jnp.sum(right * steps) / jnp.maximum(steps.sum(), 1.0)
             metrics = {}
-        return losses.mean(), {**metrics, "accuracy": accuracy}
+        return Loss.mean(losses), {**metrics, "accuracy": accuracy}
 
     return loss_fn
 
@@ -303,39 +252,34 @@ def load_data(
 ) -> RewardData:
     """Train/eval comparisons from ``config.data`` (a file, or the synthetic task's generators
     with ``beta_ann``/``pairing``) and, on a synthetic task, held-out candidate sets."""
-    from irl_jax.data import load_and_tokenize
-
     s, data = config[section], config.data
     kind = _KIND[s.loss]
-    tokenize = lambda source, kind=kind: load_and_tokenize(
-        source,
-        tokenizer,
-        kind,
-        data.max_length,
-        data.max_prompt_length or None,
-        dict(data.column_map) or None,
-        step_separator=s.get("step_separator", "\n"),
-    )[0]
-    task = common.task_or_none(config)
+    separator = s.get("step_separator", "\n")
+    tokenize = lambda source, kind=kind: setup_lib.tokenize(
+        config, tokenizer, source, kind, step_separator=separator
+    )
+    task = setup_lib.task_of(config)
     if task is None:
         train = tokenize(data.path)
         return RewardData(train, tokenize(data.eval_path or data.path), None, {})
     stats: dict[str, float] = {}
+    held_out_seed, eval_split = data.seed + 1, {"split": "eval"}
     if kind == "preference":
         source, stats = task.preferences(data.num_train, data.seed, s.beta_ann, s.pairing)
-        held_out, _ = task.preferences(data.num_eval, data.seed + 1, s.beta_ann, s.eval_pairing)
+        held_out, _ = task.preferences(
+            data.num_eval, held_out_seed, s.beta_ann, s.eval_pairing, **eval_split
+        )
     elif kind == "ranking":
         source = task.rankings(data.num_train, data.seed, s.k, s.beta_ann)
-        held_out = task.rankings(data.num_eval, data.seed + 1, s.k, s.beta_ann)
+        held_out = task.rankings(data.num_eval, held_out_seed, s.k, s.beta_ann, **eval_split)
     else:
-        source, held_out = (
-            task.stepwise(data.num_train, data.seed),
-            task.stepwise(data.num_eval, data.seed + 1),
-        )
+        source = task.stepwise(data.num_train, data.seed)
+        held_out = task.stepwise(data.num_eval, held_out_seed, **eval_split)
     candidates = None
     if s.num_eval_prompts:
-        sets = task.rankings(s.num_eval_prompts, data.seed + 2, s.k, math.inf)
-        candidates = tokenize(sets, "ranking")
+        sets = task.rankings(s.num_eval_prompts, data.seed + 2, s.k, math.inf, **eval_split)
+        # Best-of-K candidate sets may repeat a candidate: keep them (unlike training rankings).
+        candidates = setup_lib.tokenize(config, tokenizer, sets, "ranking", drop_identical=False)
     stats = {f"train_{k}": v for k, v in stats.items() if k in ("flip_rate", "expected_flip_rate")}
     return RewardData(tokenize(source), tokenize(held_out), candidates, stats)
 
@@ -360,14 +304,13 @@ def make_evaluator(
     data: RewardData,
     tokenizer: Any,
     mesh: jax.sharding.Mesh,
-    param_shardings: Any,
 ) -> Callable[[Any], dict[str, float]]:
     """``params -> metrics`` on the held-out data (``reward_eval.HeldOutComparisons``; gold
     metrics on a synthetic task). Ensembles are combined by ``ensemble_aggregation``; a PRM
     scores a candidate response by Σ_steps log σ(s_t), the log-probability that every step is
     correct."""
     s = config.reward_model
-    task = common.task_or_none(config)
+    task = setup_lib.task_of(config)
     held_out = reward_eval.HeldOutComparisons(
         _KIND[s.loss],
         data.eval,
@@ -379,15 +322,12 @@ def make_evaluator(
         lambda params, batch: model.apply(
             {"params": params}, batch["input_ids"], batch["attention_mask"]
         ),
-        in_shardings=(param_shardings, sharding_lib.batch_sharding(mesh)),
         out_shardings=sharding_lib.replicated(mesh),
     )
-    separator = tokenizer(s.step_separator, add_special_tokens=False)["input_ids"][-1]
+    separator = step_token_id(tokenizer, s.step_separator)
 
     def evaluate(params) -> dict[str, float]:
-        run = lambda arrays: reward_eval.map_rows(
-            score, params, arrays, config.eval_batch_size, mesh
-        )
+        run = lambda arrays: map_rows(score, params, arrays, config.eval_batch_size, mesh)
 
         def sequence_scores(arrays):
             out = run(arrays)
@@ -401,41 +341,57 @@ def make_evaluator(
     return evaluate
 
 
+def step_token_id(tokenizer: Any, separator: str) -> int:
+    """The token that closes each step (the separator's last token)."""
+    return tokenizer(separator, add_special_tokens=False)["input_ids"][-1]
+
+
+def exporter(setup: setup_lib.Setup, settings: ml_collections.ConfigDict):
+    """``export(state, path)``: the reward model as a ``*ForSequenceClassification`` directory;
+    a PRM's also holds ``rewards.PROCESS_MARKER``, so that a reward source reads its
+    step-boundary scores instead of its (untrained) score at the EOS."""
+
+    def export(state, path: str) -> None:
+        params = state.models["reward_model"].params
+        setup_lib.export_model(path, setup.model_config, params, setup.tokenizer)
+        if settings.loss == "process" and jax.process_index() == 0:
+            token = step_token_id(setup.tokenizer, settings.step_separator)
+            with open(os.path.join(path, rewards_lib.PROCESS_MARKER), "w") as f:
+                json.dump({"kind": "process", "step_token_id": token}, f)
+
+    return export
+
+
 # ----------------------------------------------------------------------------- training
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Trains the reward model; returns the final evaluation metrics."""
-    validate_config(config)
     settings = config.reward_model
-    mesh = common.make_mesh(config)
-    tokenizer = common.load_tokenizer(config)
-    cfg = common.model_config(config, tokenizer)
-    model = build_model(cfg, settings)
-    init_fn, params = init_params(config, model, mesh)
-    data = load_data(config, tokenizer)
+    setup = setup_lib.setup(config, load_data)
+    model = build_model(setup.model_config, settings)
+    init_fn, params = initial_params(setup, model)
     optimizer, schedule = optimizer_from_config(config.optimizer, config.num_steps)
-    state, shardings = create_train_state(init_fn, optimizer, mesh, seed=config.seed, params=params)
-    step = make_train_step(
+    trained = create_model(init_fn, optimizer, setup.mesh, params=params)
+    state, shardings = create_state(setup.mesh, seed=config.seed, models={"reward_model": trained})
+    step = supervised_step(
         make_loss_fn(model, settings),
         optimizer,
         shardings,
-        mesh,
-        schedule=schedule,
+        setup.mesh,
+        model="reward_model",
         grad_accum_steps=config.grad_accum_steps,
+        schedule=schedule,
     )
-    evaluate = make_evaluator(config, model, data, tokenizer, mesh, shardings.params)
-    state, final = common.run_loop(
-        config,
+    evaluate = make_evaluator(config, model, setup.data, setup.tokenizer, setup.mesh)
+    return setup_lib.run(
+        setup,
         workdir,
         state=state,
         shardings=shardings,
-        train_step=lambda state, batch: step(state, batch, None),
-        batches=BatchIterator(data.train, config.batch_size, seed=config.seed),
-        mesh=mesh,
-        evaluate=lambda params: (evaluate(params), []),
+        step=step,
+        data=setup.data.train,
+        evaluate=lambda state: (evaluate(state.models["reward_model"].params), []),
+        export=exporter(setup, settings),
         description="reward_model",
     )
-    if config.export:
-        common.export(workdir, cfg, state.params, tokenizer)
-    return final

@@ -6,107 +6,90 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from irl_jax import sharding as sharding_lib
-from irl_jax.algorithms import common
-from irl_jax.config import validate_config
-from irl_jax.data.iterator import BatchIterator
+from irl_jax.algorithms import setup as setup_lib
+from irl_jax.evaluation.batches import map_rows
 from irl_jax.models import ModelConfig, Transformer
-from irl_jax.objectives.logprobs import next_token_logprobs
-from irl_jax.objectives.sft import nll_loss
-from irl_jax.train import create_train_state, make_train_step, optimizer_from_config
+from irl_jax.objectives.logprobs import masked_sum, next_token_logprobs
+from irl_jax.train import Loss, optimizer_from_config, supervised_step
+
+
+def token_logps(model: Transformer, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
+    """``[B, T]`` log π(x_t | x_<t) of an SFT batch (``input_ids``, ``attention_mask``)."""
+    logits = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"]).logits
+    return next_token_logprobs(logits, batch["input_ids"])
 
 
 def make_loss_fn(cfg: ModelConfig):
-    """``loss_fn(params, batch, rng, frozen) -> (nll, metrics)`` on an SFT batch
-    (``input_ids``, ``attention_mask``, ``loss_mask``)."""
+    """``loss_fn(params, batch, rng, frozen) -> (Loss, metrics)``: the NLL of the ``loss_mask``
+    tokens as a token mean (``objectives.sft.nll_loss``: a sum over the token count)."""
     model = Transformer(cfg)
 
     def loss_fn(params, batch, rng, frozen):
         del rng, frozen
-        logits = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"]).logits
-        loss, sums = nll_loss(next_token_logprobs(logits, batch["input_ids"]), batch["loss_mask"])
-        return loss, {"tokens": sums["tokens"]}
+        nll = -masked_sum(token_logps(model, params, batch), batch["loss_mask"], axis=None)
+        tokens = batch["loss_mask"].sum().astype(np.float32)
+        return Loss(nll, tokens), {"tokens": tokens}
 
     return loss_fn
 
 
-def make_eval_step(cfg: ModelConfig, mesh: jax.sharding.Mesh, param_shardings: Any):
-    """Jitted ``(params, batch) -> {"nll_sum", "tokens"}``."""
+def make_nll_fn(cfg: ModelConfig, mesh: jax.sharding.Mesh):
+    """Jitted ``(params, batch) -> {"nll", "tokens"}`` per row (summed over its target
+    tokens), for ``map_rows``."""
     model = Transformer(cfg)
 
-    def eval_step(params, batch):
-        logits = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"]).logits
-        return nll_loss(next_token_logprobs(logits, batch["input_ids"]), batch["loss_mask"])[1]
+    def nll(params, batch):
+        logps = token_logps(model, params, batch)
+        return {
+            "nll": -masked_sum(logps, batch["loss_mask"]),
+            "tokens": batch["loss_mask"].sum(-1).astype(np.float32),
+        }
 
-    data = sharding_lib.batch_sharding(mesh)
-    return jax.jit(eval_step, in_shardings=(param_shardings, data))
+    return jax.jit(nll, out_shardings=sharding_lib.replicated(mesh))
 
 
-def load_data(config: ml_collections.ConfigDict, tokenizer: Any):
-    """Tokenized SFT ``(train, eval)`` arrays from ``config.data`` (a file or a synthetic task)."""
-    from irl_jax.data import load_and_tokenize
-
-    data = config.data
-    kwargs = dict(
-        tokenizer=tokenizer,
-        kind="sft",
-        max_length=data.max_length,
-        max_prompt_length=data.max_prompt_length or None,
-        column_map=dict(data.column_map) or None,
-    )
-    task = common.task_or_none(config)
-    if task is None:
-        train, _ = load_and_tokenize(data.path, **kwargs)
-        evaluation, _ = load_and_tokenize(data.eval_path or data.path, **kwargs)
-    else:
-        train, _ = load_and_tokenize(task.demonstrations(data.num_train, data.seed), **kwargs)
-        evaluation, _ = load_and_tokenize(
-            task.demonstrations(data.num_eval, data.seed + 1), **kwargs
-        )
-    return train, evaluation
+def token_mean_nll(nll_fn, params: Any, arrays: dict[str, np.ndarray], batch_size: int, mesh):
+    """Σ NLL / Σ tokens over every row of ``arrays`` (e.g. held-out demonstrations)."""
+    rows = map_rows(nll_fn, params, arrays, batch_size, mesh)
+    return float(rows["nll"].sum() / max(rows["tokens"].sum(), 1.0))
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Runs SFT; returns the final evaluation metrics."""
-    validate_config(config)
-    mesh = common.make_mesh(config)
-    tokenizer = common.load_tokenizer(config)
-    cfg = common.model_config(config, tokenizer)
-    init_fn, params = common.policy_init(config, cfg, mesh)
-    train_arrays, eval_arrays = load_data(config, tokenizer)
+    """Runs SFT; returns the final evaluation metrics (``eval/nll`` and, on a synthetic task,
+    ``eval/nll_gap`` to the demonstrator's entropy)."""
+    setup = setup_lib.setup(config, setup_lib.demonstrations)
+    train_arrays, eval_arrays = setup.data
     optimizer, schedule = optimizer_from_config(config.optimizer, config.num_steps)
-    state, shardings = create_train_state(init_fn, optimizer, mesh, seed=config.seed, params=params)
-    step = make_train_step(
-        make_loss_fn(cfg),
+    state, shardings = setup_lib.policy_state(setup, optimizer, frozen=())
+    step = supervised_step(
+        make_loss_fn(setup.model_config),
         optimizer,
         shardings,
-        mesh,
-        schedule=schedule,
+        setup.mesh,
         grad_accum_steps=config.grad_accum_steps,
+        schedule=schedule,
     )
-    eval_step = make_eval_step(cfg, mesh, shardings.params)
-    task = common.task_or_none(config)
+    nll_fn = make_nll_fn(setup.model_config, setup.mesh)
 
-    def evaluate(params) -> tuple[dict[str, float], list]:
-        sums = common.evaluate_sums(eval_step, params, eval_arrays, config.eval_batch_size, mesh)
-        metrics = {"nll": sums["nll_sum"] / max(sums["tokens"], 1.0)}
-        if task is not None:
-            metrics["demonstrator_entropy"] = task.demonstrator_entropy()
+    def evaluate(state) -> tuple[dict[str, float], list]:
+        params = state.models["policy"].params
+        nll = token_mean_nll(nll_fn, params, eval_arrays, config.eval_batch_size, setup.mesh)
+        metrics = {"nll": nll}
+        if setup.task is not None:
+            metrics["demonstrator_entropy"] = setup.task.demonstrator_entropy()
             metrics["nll_gap"] = metrics["nll"] - metrics["demonstrator_entropy"]
         return metrics, []
 
-    state, final = common.run_loop(
-        config,
+    return setup_lib.run(
+        setup,
         workdir,
         state=state,
         shardings=shardings,
-        train_step=lambda state, batch: step(state, batch, None),
-        batches=BatchIterator(train_arrays, config.batch_size, seed=config.seed),
-        mesh=mesh,
+        step=step,
+        data=train_arrays,
         evaluate=evaluate,
         description="sft",
     )
-    if config.export:
-        common.export(workdir, cfg, state.params, tokenizer)
-    return final

@@ -9,24 +9,20 @@ All functions take host arrays of scores (numpy) and return floats:
 * ``best_of_n``: gold reward of the best-scored candidate over the candidates' mean (and the
   oracle that picks by gold);
 * ``step_metrics``, ``all_steps_correct_logprob``: process reward models at step boundaries;
-* ``sequence_gold``: gold rewards of tokenized prompt + response rows (the truth to compare with);
-  ``map_rows``: a jitted function over every row in sharded batches.
+* ``sequence_gold``: gold rewards of tokenized prompt + response rows (the truth to compare with).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from irl_jax import sharding as sharding_lib
 from irl_jax.data.iterator import eval_batches
-from irl_jax.train.step import global_batch
 
 
 def pairwise_accuracy(chosen_scores: np.ndarray, rejected_scores: np.ndarray) -> float:
@@ -217,30 +213,6 @@ def all_steps_correct_logprob(token_scores: np.ndarray, steps: np.ndarray) -> np
     step is correct (Lightman et al. 2023's product aggregation)."""
     log_sigmoid = -np.logaddexp(0.0, -np.asarray(token_scores, np.float64))
     return np.sum(np.where(steps, log_sigmoid, 0.0), axis=-1)
-
-
-def map_rows(
-    fn: Callable[[Any, dict[str, jax.Array]], Any],
-    params: Any,
-    arrays: dict[str, np.ndarray],
-    batch_size: int,
-    mesh: jax.sharding.Mesh,
-) -> Any:
-    """``fn(params, batch)`` over every row in sharded batches: each output leaf concatenated
-    ``[N, ...]`` (an array, or a dict of arrays).
-
-    ``fn`` is jitted with a replicated output; each process feeds its slice of every batch (as
-    ``evaluate_sums`` does), and the zero rows padding the last batch are dropped.
-    """
-    data = sharding_lib.batch_sharding(mesh)
-    local = batch_size // jax.process_count()
-    rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
-    outputs = [
-        jax.device_get(fn(params, global_batch({k: v[rows] for k, v in batch.items()}, data)))
-        for batch in eval_batches(arrays, batch_size)
-    ]
-    count = len(next(iter(arrays.values())))
-    return jax.tree.map(lambda *parts: np.concatenate(parts)[:count], *outputs)
 
 
 def side_arrays(arrays: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:

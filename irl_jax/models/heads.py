@@ -1,10 +1,12 @@
-"""Heads on the decoder's final hidden states: scalar reward, K-member ensemble, per-token value.
+"""Heads on the decoder's final hidden states: scalar reward, K-member ensemble, per-token
+reward (a process reward model) and per-token value.
 
 Reward models score a sequence at its **last non-pad token** (found from the attention mask, so
 left and right padding both work and a pad id equal to the eos id is harmless), as Hugging
 Face's ``*ForSequenceClassification`` models do. Param trees::
 
-    RewardModel: {"transformer": <decoder params without lm_head>, "score": {"kernel": [D, K]}}
+    RewardModel:      {"transformer": <decoder params without lm_head>, "score": {"kernel": [D, K]}}
+    TokenRewardModel: the same tree as RewardModel(num_heads=1)
     ValueModel:  {"transformer": ..., "value": {"kernel": [D, 1], "bias": [1]}}
 """
 
@@ -45,22 +47,51 @@ class RewardModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        hidden = Transformer(self.config, name="transformer")(
-            input_ids, attention_mask, compute_logits=False
-        ).hidden_states
+        hidden = _backbone(self.config, input_ids, attention_mask)
         features = gather_last(hidden, attention_mask)
-        scores = nn.DenseGeneral(
-            self.num_heads,
-            use_bias=False,
-            dtype=self.config.compute_dtype,
-            param_dtype=self.config.weight_dtype,
-            kernel_init=nn.with_logical_partitioning(
-                nn.initializers.normal(1.0 / (self.config.hidden_size + 1) ** 0.5),
-                ("embed", "reward_heads"),
-            ),
-            name="score",
-        )(features).astype(jnp.float32)
+        scores = _score_head(self.config, self.num_heads)(features).astype(jnp.float32)
         return scores[:, 0] if self.num_heads == 1 else scores
+
+
+class TokenRewardModel(nn.Module):
+    """Decoder + ``RewardModel``'s linear score head applied at every position: a process reward
+    model (PRM).
+
+    Returns per-token scores ``[B, T]`` float32. The param tree equals ``RewardModel(config)``'s
+    (``{"transformer", "score"}``), so a PRM exports as (and loads from) a sequence classifier,
+    whose score is the PRM's score at the last token.
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+        hidden = _backbone(self.config, input_ids, attention_mask)
+        scores = _score_head(self.config, 1)(hidden)
+        return scores[..., 0].astype(jnp.float32)
+
+
+def _backbone(config: ModelConfig, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """The decoder's final hidden states ``[B, T, D]`` (a submodule named ``transformer`` of the
+    calling head; no LM head is computed)."""
+    return Transformer(config, name="transformer")(
+        input_ids, attention_mask, compute_logits=False
+    ).hidden_states
+
+
+def _score_head(config: ModelConfig, num_heads: int) -> nn.Module:
+    """Hugging Face's ``score``: a linear map to ``num_heads`` outputs without bias."""
+    return nn.DenseGeneral(
+        num_heads,
+        use_bias=False,
+        dtype=config.compute_dtype,
+        param_dtype=config.weight_dtype,
+        kernel_init=nn.with_logical_partitioning(
+            nn.initializers.normal(1.0 / (config.hidden_size + 1) ** 0.5),
+            ("embed", "reward_heads"),
+        ),
+        name="score",
+    )
 
 
 class ValueModel(nn.Module):
@@ -70,9 +101,7 @@ class ValueModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
-        hidden = Transformer(self.config, name="transformer")(
-            input_ids, attention_mask, compute_logits=False
-        ).hidden_states
+        hidden = _backbone(self.config, input_ids, attention_mask)
         values = nn.DenseGeneral(
             1,
             dtype=self.config.compute_dtype,

@@ -88,7 +88,9 @@ def ipo(
     """IPO (Azar et al. 2023): L = (h/β − 1/(2β))², the log-ratio margin regressed to 1/(2τ), τ = β.
 
     With ``chosen_tokens`` / ``rejected_tokens`` given, each log-ratio is averaged per response
-    token first (what the IPO authors' reported results use); otherwise summed.
+    token first (what the IPO authors' reported results use, and TRL's); otherwise summed. The
+    metrics (implicit rewards β·log-ratio, margin, accuracy) use the same averaged or summed
+    log-ratios that the loss trains.
     """
     chosen_ratio = chosen_logps - ref_chosen_logps
     rejected_ratio = rejected_logps - ref_rejected_logps
@@ -98,9 +100,8 @@ def ipo(
         chosen_ratio = chosen_ratio / jnp.maximum(chosen_tokens, 1)
         rejected_ratio = rejected_ratio / jnp.maximum(rejected_tokens, 1)
     losses = (chosen_ratio - rejected_ratio - 1 / (2 * beta)) ** 2
-    return losses, _metrics(
-        chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta
-    )
+    zero = jnp.zeros_like(chosen_ratio)
+    return losses, _metrics(chosen_ratio, rejected_ratio, zero, zero, beta)
 
 
 def hinge(

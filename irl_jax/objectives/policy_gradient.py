@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+ESTIMATORS = ("reinforce", "rloo", "remax", "grpo")
 SCALES = ("group", "batch", "none")
 AGGREGATIONS = ("sequence_mean", "token_mean", "constant")
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -67,10 +68,42 @@ def group_advantages(
     return centered.reshape(-1)
 
 
+def advantages(
+    estimator: str,
+    rewards: Array,
+    group_size: int,
+    *,
+    scale: str = "group",
+    eps: float = 1e-4,
+    greedy_rewards: Array | None = None,
+    baseline: Array | float = 0.0,
+) -> Array:
+    """One advantage per response ``[B]`` for ``estimator``: ``grpo`` (``group_advantages``
+    with ``scale`` and ``eps``), ``rloo`` (leave-one-out mean), ``remax`` (minus the greedy
+    response's reward, ``greedy_rewards`` per row) or ``reinforce`` (minus ``baseline``)."""
+    if estimator == "grpo":
+        return group_advantages(rewards, group_size, scale=scale, eps=eps)
+    if estimator == "rloo":
+        return rloo_advantages(rewards, group_size)
+    if estimator == "remax":
+        if greedy_rewards is None:
+            raise ValueError("the remax estimator needs greedy_rewards")
+        return remax_advantages(rewards, greedy_rewards)
+    if estimator == "reinforce":
+        return reinforce_advantages(rewards, baseline)
+    raise ValueError(f"advantage estimator {estimator!r}; expected one of {ESTIMATORS}")
+
+
 def kl_estimate(logps: Array, ref_logps: Array, estimator: str = "k3") -> Array:
-    """Per-token KL(π ‖ π_ref) estimators (Schulman 2020) with d = log π − log π_ref.
+    """Per-token KL(π ‖ π_ref) estimators (Schulman 2020) with d = log π − log π_ref, y ~ π.
 
     k1 = d;  k2 = d² / 2;  k3 = exp(−d) + d − 1 (unbiased, non-negative).
+
+    As values (in the reward, or reported) all three estimate KL(π ‖ π_ref). As a loss term
+    differentiated through log π on samples of π_old ≈ π they differ: k1's gradient is
+    E_π[∇ log π] = 0, so it regularizes nothing (only valid inside the reward); k3's gradient is
+    E_π[(1 − π_ref/π) ∇ log π] = ∇ KL(π_ref ‖ π), the *forward* KL's gradient (the GRPO / TRL
+    convention); k2's is E_π[d ∇ log π] = ∇ KL(π ‖ π_ref), the reverse KL's.
     """
     d = logps - ref_logps
     if estimator == "k1":
@@ -111,26 +144,43 @@ def clipped_surrogate(
     return -jnp.minimum(unclipped, clipped), (clipped < unclipped).astype(jnp.float32)
 
 
+def aggregate_terms(
+    per_token: Array, mask: Array, mode: str = "sequence_mean", max_new_tokens: int | None = None
+) -> tuple[Array, Array]:
+    """Per-token losses ``[B, T]`` as ``(total, count)``: the aggregate is total / count, and
+    under gradient accumulation Σ totals / Σ counts over microbatches is the aggregate of the
+    whole batch. Rows without response tokens (padding) carry no weight.
+
+    ``sequence_mean`` (GRPO): total = Σ_i (1/|y_i|) Σ_t ℓ_it, count = rows;
+    ``token_mean`` (DAPO / BNPO): total = Σ_{i,t} ℓ_it, count = Σ_i |y_i|;
+    ``constant`` (Dr.GRPO): total = Σ_{i,t} ℓ_it / max_new_tokens, count = rows.
+    """
+    mask = mask.astype(per_token.dtype)
+    tokens = mask.sum(axis=-1)
+    rows = jnp.sum(tokens > 0).astype(per_token.dtype)
+    total = per_token * mask
+    if mode == "sequence_mean":
+        return jnp.sum(total.sum(axis=-1) / jnp.maximum(tokens, 1.0)), rows
+    if mode == "token_mean":
+        return total.sum(), tokens.sum()
+    if mode == "constant":
+        if not max_new_tokens:
+            raise ValueError("aggregation 'constant' needs max_new_tokens")
+        return total.sum() / max_new_tokens, rows
+    raise ValueError(f"loss aggregation {mode!r}; expected one of {AGGREGATIONS}")
+
+
 def aggregate(
     per_token: Array, mask: Array, mode: str = "sequence_mean", max_new_tokens: int | None = None
 ) -> Array:
-    """Reduces per-token losses ``[B, T]`` to a scalar.
+    """Reduces per-token losses ``[B, T]`` to a scalar (see ``aggregate_terms``):
 
     ``sequence_mean`` (GRPO): (1/B) Σ_i (1/|y_i|) Σ_t ℓ_it;
     ``token_mean`` (DAPO / BNPO): Σ_{i,t} ℓ_it / Σ_i |y_i|;
     ``constant`` (Dr.GRPO): Σ_{i,t} ℓ_it / (B · max_new_tokens).
     """
-    mask = mask.astype(per_token.dtype)
-    total = per_token * mask
-    if mode == "sequence_mean":
-        return jnp.mean(total.sum(axis=-1) / jnp.maximum(mask.sum(axis=-1), 1.0))
-    if mode == "token_mean":
-        return total.sum() / jnp.maximum(mask.sum(), 1.0)
-    if mode == "constant":
-        if not max_new_tokens:
-            raise ValueError("aggregation 'constant' needs max_new_tokens")
-        return total.sum() / (per_token.shape[0] * max_new_tokens)
-    raise ValueError(f"loss aggregation {mode!r}; expected one of {AGGREGATIONS}")
+    total, count = aggregate_terms(per_token, mask, mode, max_new_tokens)
+    return total / jnp.maximum(count, 1.0)
 
 
 def overlong_penalty(lengths: Array, max_length: int, buffer: int) -> Array:

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irl_jax.tasks import base, vocab
+from irl_jax.tasks import base, tokens, vocab
 
 _MAX_DIGITS = 8  # answers of saturated numbers (≤ 2·NUMBER_CLAMP) have at most 7 digits
 
@@ -81,7 +81,7 @@ class ArithmeticTask(base.Task):
     def _answers(self, prompts: list[str]) -> list[int]:
         out = []
         for ids in vocab.encode(prompts):
-            values = base.parse_numbers_py(vocab.content_ids(ids, stop_at_eos=False), 2)[0]
+            values = tokens.parse_numbers_py(vocab.content_ids(ids, stop_at_eos=False), 2)[0]
             out.append(sum(values))
         return out
 
@@ -141,15 +141,15 @@ class ArithmeticTask(base.Task):
         return entropy / (self.style_prob + expected_digits + 1.0)
 
     def gold_reward(self, prompt_ids, prompt_mask, response_ids, response_mask) -> jax.Array:
-        prompt_ids, response_ids = base.in_vocab(prompt_ids), base.in_vocab(response_ids)
-        prompt_valid = base.content_mask(prompt_ids, prompt_mask, stop_at_eos=False)
-        values, _, _, _ = base.parse_numbers(prompt_ids, prompt_valid, 2)
+        prompt_ids, response_ids = tokens.in_vocab(prompt_ids), tokens.in_vocab(response_ids)
+        prompt_valid = tokens.content_mask(prompt_ids, prompt_mask, stop_at_eos=False)
+        values, _, _, _ = tokens.parse_numbers(prompt_ids, prompt_valid, 2)
         digits, answer_length = answer_digits(values.sum(axis=-1))
 
-        valid = base.content_mask(response_ids, response_mask, stop_at_eos=True)
+        valid = tokens.content_mask(response_ids, response_mask, stop_at_eos=True)
         index = jnp.cumsum(valid.astype(jnp.int32), axis=-1) - 1  # position among content
         expected = jnp.take_along_axis(digits, jnp.clip(index, 0, _MAX_DIGITS - 1), axis=1)
-        right = base.digit_values(response_ids) == expected
+        right = tokens.digit_values(response_ids) == expected
         hit = valid & (index < answer_length[:, None]) & right
         hits, length = hit.sum(axis=-1), valid.sum(axis=-1)
         exact = (hits == answer_length) & (length == answer_length)

@@ -1,5 +1,5 @@
-"""What every synthetic task shares: the dataset generators, the annotation model, and jnp helpers
-for reading token ids inside a jitted gold reward.
+"""What every synthetic task shares: the dataset generators, the held-out prompt split and the
+annotation model (reading token ids inside a jitted gold reward: ``irl_jax.tasks.tokens``).
 
 A task supplies four samplers (prompts, demonstrator responses, base responses) and its gold
 reward r*(x, y); this module turns them into ``datasets.Dataset`` s in the standard column
@@ -11,6 +11,11 @@ seed)``.
 mixture: with probability ``expert_fraction`` (default 0.25) a demonstrator response, otherwise a
 *base response* — the task's documented, diverse "initial policy" distribution, the same one the
 base corpus is made of — so that reward models see a wide spread of gold values.
+
+**Held-out prompts.** Every prompt belongs to one split, ``train`` or ``eval``, by a hash of its
+text (``split_of``: 1 in ``EVAL_BUCKETS`` prompts is an evaluation prompt), and every generator
+takes ``split`` (default ``train``): prompts are drawn from the task's distribution restricted to
+that split, so evaluation prompts never occur in training data.
 
 **Annotation model** (SURVEY §3): P(y₁ ≻ y₂) = σ(β_ann · (r*(x₁, y₁) − r*(x₂, y₂))), with
 β_ann = ∞ meaning noiseless labels. A label *flips* when the chosen response has the lower gold
@@ -24,25 +29,26 @@ from __future__ import annotations
 
 import abc
 import math
+import zlib
 
 import datasets
 import jax
-import jax.numpy as jnp
 import numpy as np
-
-from irl_jax.tasks import vocab
 
 _STREAMS = {"prompts": 0, "demos": 1, "base": 2, "candidates": 3, "labels": 4, "prompts2": 5}
 DEFAULT_EXPERT_FRACTION = 0.25
-NUMBER_CLAMP = 10**6  # parsed numbers saturate here, identically in the ids and text paths
-
-_DIGIT_VALUE = np.full(vocab.VOCAB_SIZE, -1, np.int32)
-_DIGIT_VALUE[list(vocab.DIGIT_IDS)] = np.arange(10)
+SPLITS = ("train", "eval")
+EVAL_BUCKETS = 8  # 1 prompt in 8 is held out for evaluation
 
 
 def stream(seed: int, name: str) -> np.random.Generator:
     """The numpy generator of one named stream of ``seed``."""
     return np.random.default_rng([seed, _STREAMS[name]])
+
+
+def split_of(prompt: str) -> str:
+    """``"eval"`` for 1 in ``EVAL_BUCKETS`` prompts (by a CRC-32 of the text), else ``"train"``."""
+    return "eval" if zlib.crc32(prompt.encode()) % EVAL_BUCKETS == 0 else "train"
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -65,100 +71,6 @@ def safe_log(p: float) -> float:
 def log_binary_entropy(p: float) -> float:
     """h(p) = −p log p − (1−p) log(1−p) in nats."""
     return -sum(q * math.log(q) for q in (p, 1.0 - p) if q > 0)
-
-
-# ----------------------------------------------------------------------------- jnp helpers
-
-
-def in_vocab(ids: jax.Array) -> jax.Array:
-    """Ids outside the task vocabulary (a model whose vocab is padded larger) read as ``<unk>``."""
-    return jnp.where((ids >= 0) & (ids < vocab.VOCAB_SIZE), ids, vocab.UNK_ID)
-
-
-def content_mask(ids: jax.Array, mask: jax.Array, *, stop_at_eos: bool) -> jax.Array:
-    """``[B, T]`` bool: the tokens a gold reward reads (mask > 0, not pad/bos/eos/style token,
-    and, if ``stop_at_eos``, before the first eos). Mirrors ``vocab.content_ids``."""
-    real = mask > 0
-    special = (ids == vocab.PAD_ID) | (ids == vocab.BOS_ID) | (ids == vocab.EOS_ID)
-    keep = real & ~special & (ids != vocab.STYLE_ID)
-    if stop_at_eos:
-        eos_seen = jnp.cumsum((real & (ids == vocab.EOS_ID)).astype(jnp.int32), axis=-1)
-        keep &= eos_seen == 0
-    return keep
-
-
-def digit_values(ids: jax.Array) -> jax.Array:
-    """``[B, T]`` int32: the digit a token stands for, −1 for non-digits."""
-    return jnp.asarray(_DIGIT_VALUE)[jnp.clip(ids, 0, vocab.VOCAB_SIZE - 1)]
-
-
-def parse_numbers(
-    ids: jax.Array, valid: jax.Array, max_numbers: int
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Reads the maximal runs of digit tokens among the ``valid`` tokens as numbers.
-
-    Invalid tokens are skipped (a run continues across them). Values saturate at
-    ``NUMBER_CLAMP``. Mirrors ``parse_numbers_py``.
-
-    Args:
-      ids: ``[B, T]`` token ids.
-      valid: ``[B, T]`` bool, the tokens to read.
-      max_numbers: M, how many numbers to keep (later ones are counted but not stored).
-
-    Returns:
-      ``values [B, M]`` int32 (0 where absent); ``follow [B, M]`` int32, the token that ends
-      each number (−1 if the number ends the sequence or is absent); ``count [B]`` int32, the
-      number of numbers; ``last [B]`` int32, the last number (−1 if there is none).
-    """
-    batch = ids.shape[0]
-
-    def close(carry, now, follow_token):
-        acc, in_number, count, values, follow, last = carry
-        slot = jax.nn.one_hot(count, max_numbers, dtype=jnp.bool_) & now[:, None]
-        values = jnp.where(slot, acc[:, None], values)
-        follow = jnp.where(slot, follow_token[:, None], follow)
-        last = jnp.where(now, acc, last)
-        return acc, in_number & ~now, count + now.astype(jnp.int32), values, follow, last
-
-    def step(carry, x):
-        token, digit, ok = x
-        is_digit = ok & (digit >= 0)
-        carry = close(carry, ok & ~is_digit & carry[1], token)
-        acc, in_number, *rest = carry
-        grown = jnp.minimum(acc * 10 + digit, NUMBER_CLAMP)
-        acc = jnp.where(is_digit, jnp.where(in_number, grown, digit), acc)
-        return (acc, in_number | is_digit, *rest), None
-
-    zeros = jnp.zeros((batch,), jnp.int32)
-    init = (
-        zeros,
-        jnp.zeros((batch,), jnp.bool_),
-        zeros,
-        jnp.zeros((batch, max_numbers), jnp.int32),
-        jnp.full((batch, max_numbers), -1, jnp.int32),
-        jnp.full((batch,), -1, jnp.int32),
-    )
-    xs = (ids.T.astype(jnp.int32), digit_values(ids).T, valid.T)
-    carry, _ = jax.lax.scan(step, init, xs)
-    _, _, count, values, follow, last = close(carry, carry[1], jnp.full((batch,), -1, jnp.int32))
-    return values, follow, count, last
-
-
-def parse_numbers_py(ids: list[int], max_numbers: int) -> tuple[list[int], list[int], int, int]:
-    """Python twin of ``parse_numbers`` on one already-filtered id list (``values`` and
-    ``follow`` hold only the numbers present, at most ``max_numbers``)."""
-    values, follow, count, last = [], [], 0, -1
-    acc = None
-    for token in [*ids, None]:
-        digit = -1 if token is None else int(_DIGIT_VALUE[token])
-        if digit >= 0:
-            acc = digit if acc is None else min(acc * 10 + digit, NUMBER_CLAMP)
-        elif acc is not None:
-            if count < max_numbers:
-                values.append(acc)
-                follow.append(-1 if token is None else token)
-            count, last, acc = count + 1, acc, None
-    return values, follow, count, last
 
 
 # ----------------------------------------------------------------------------- the task base
@@ -230,22 +142,34 @@ class Task(abc.ABC):
 
     # ------------------------------------------------------------------- generators
 
-    def prompts(self, n: int, seed: int) -> list[str]:
-        """``n`` prompts, deterministic by ``seed``."""
-        return self.sample_prompts(n, stream(seed, "prompts"))
+    def prompts(self, n: int, seed: int, split: str = "train") -> list[str]:
+        """``n`` prompts of ``split``, deterministic by ``seed``."""
+        return self.draw_prompts(n, stream(seed, "prompts"), split)
 
-    def base_corpus(self, n: int, seed: int) -> datasets.Dataset:
+    def draw_prompts(self, n: int, rng: np.random.Generator, split: str = "train") -> list[str]:
+        """``n`` prompts of ``split`` drawn with ``rng``: the task's prompt distribution
+        restricted to the split (draws of the other split are rejected)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        out: list[str] = []
+        while len(out) < n:
+            wanted = n - len(out)
+            batch = self.sample_prompts(wanted * (EVAL_BUCKETS if split == "eval" else 2), rng)
+            out.extend(p for p in batch if split_of(p) == split)
+        return out[:n]
+
+    def base_corpus(self, n: int, seed: int, split: str = "train") -> datasets.Dataset:
         """Generic text of the task's language for the initial (pre-SFT) policy: column ``text``
         = prompt + " " + base response (no special tokens)."""
-        prompts = self.prompts(n, seed)
+        prompts = self.prompts(n, seed, split)
         responses = self.sample_base_responses(prompts, stream(seed, "base"))
         return datasets.Dataset.from_dict(
             {"text": [f"{p} {r}" for p, r in zip(prompts, responses)]}
         )
 
-    def demonstrations(self, n: int, seed: int) -> datasets.Dataset:
+    def demonstrations(self, n: int, seed: int, split: str = "train") -> datasets.Dataset:
         """Demonstrator responses: columns ``prompt``, ``completion`` (no eos in the text)."""
-        prompts = self.prompts(n, seed)
+        prompts = self.prompts(n, seed, split)
         completions = self.sample_demonstrations(prompts, stream(seed, "demos"))
         return datasets.Dataset.from_dict({"prompt": prompts, "completion": completions})
 
@@ -266,6 +190,7 @@ class Task(abc.ABC):
         beta_ann: float = 5.0,
         pairing: str = "same_prompt",
         expert_fraction: float = DEFAULT_EXPERT_FRACTION,
+        split: str = "train",
     ) -> tuple[datasets.Dataset, dict[str, float]]:
         """``n`` preference pairs labelled by P(y₁ ≻ y₂) = σ(β_ann (r*(y₁) − r*(y₂))).
 
@@ -277,6 +202,7 @@ class Task(abc.ABC):
             ``"cross_prompt"`` (``chosen_prompt``, ``chosen``, ``rejected_prompt``,
             ``rejected``); both add ``chosen_score``, ``rejected_score`` (gold rewards).
           expert_fraction: share of candidates drawn from the demonstrator.
+          split: the prompts' split.
 
         Returns:
           ``(dataset, stats)``; stats: ``flip_rate`` (empirical, ties count ½),
@@ -285,11 +211,11 @@ class Task(abc.ABC):
         """
         if pairing not in ("same_prompt", "cross_prompt"):
             raise ValueError(f"pairing must be 'same_prompt' or 'cross_prompt', got {pairing!r}")
-        first_prompts = self.prompts(n, seed)
+        first_prompts = self.prompts(n, seed, split)
         if pairing == "same_prompt":
             second_prompts = first_prompts
         else:
-            second_prompts = self.sample_prompts(n, stream(seed, "prompts2"))
+            second_prompts = self.draw_prompts(n, stream(seed, "prompts2"), split)
         rng = stream(seed, "candidates")
         first = self.candidates(first_prompts, rng, expert_fraction)
         second = self.candidates(second_prompts, rng, expert_fraction)
@@ -325,6 +251,7 @@ class Task(abc.ABC):
         k: int = 4,
         beta_ann: float = 5.0,
         expert_fraction: float = DEFAULT_EXPERT_FRACTION,
+        split: str = "train",
     ) -> datasets.Dataset:
         """``n`` K-way rankings of same-prompt candidates under Plackett–Luce with scores
         β_ann · r* (β_ann = ∞: sorted by gold, ties in random order).
@@ -333,7 +260,7 @@ class Task(abc.ABC):
           Columns ``prompt``, ``completions`` (K strings, most to least preferred) and
           ``scores`` (their gold rewards, same order).
         """
-        prompts = self.prompts(n, seed)
+        prompts = self.prompts(n, seed, split)
         rng = stream(seed, "candidates")
         columns = [self.candidates(prompts, rng, expert_fraction) for _ in range(k)]
         scores = np.stack(
@@ -356,6 +283,7 @@ class Task(abc.ABC):
         seed: int,
         beta_ann: float = 5.0,
         expert_fraction: float = DEFAULT_EXPERT_FRACTION,
+        split: str = "train",
     ) -> datasets.Dataset:
         """``n`` unpaired (KTO) examples, desirable with probability σ(β_ann (r* − τ)),
         τ = ``label_threshold``.
@@ -363,7 +291,7 @@ class Task(abc.ABC):
         Returns:
           Columns ``prompt``, ``completion``, ``label`` (bool, True = desirable), ``score``.
         """
-        prompts = self.prompts(n, seed)
+        prompts = self.prompts(n, seed, split)
         completions = self.candidates(prompts, stream(seed, "candidates"), expert_fraction)
         scores = self.gold_reward_text(prompts, completions).astype(np.float64)
         p = preference_probability(scores - self.label_threshold, beta_ann)

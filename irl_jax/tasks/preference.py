@@ -1,8 +1,12 @@
 """Preference language: short reviews scored by a hidden, smooth lexicon reward.
 
 **Language.** A prompt names a topic: ``"<verb> the <topic>"`` with verb ∈ {review, describe,
-rate} and one of six topics (food, movie, music, travel, book, game). A response is a short
-review such as ``"the soup was very tasty indeed and really fresh ."``.
+rate} and one of six topics (food, movie, music, travel, book, game), after (with probability
+``context_prob`` = .9) a remark about anything, ``"<opener> <noun> <copula> [<intensifier>]
+<adjective> ."`` with a noun of any topic, e.g. ``"my plot was very dull . review the food"``:
+248,850 distinct prompts, so evaluation prompts (1 in 8, by a hash of the text) never occur in
+training. The remark is a distractor: nothing depends on it. A response is a short review such
+as ``"the soup was very tasty indeed and really fresh ."``.
 
 **Gold reward** (hidden; a learned reward model can only approximate it). With t the prompt's
 topic (its last topic word), c_v the count of word v among the response's content tokens
@@ -44,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irl_jax.tasks import base, vocab
+from irl_jax.tasks import base, tokens, vocab
 
 GENERIC_SCORES = {
     "great": 1.0,
@@ -146,12 +150,14 @@ class PreferenceTask(base.Task):
     """The preference-language task (see the module docstring).
 
     Attributes:
+      context_prob: probability that a prompt starts with a remark (a distractor).
       style_prob: probability that a demonstration carries ``indeed``.
       gamma, length_coef, target_length: γ, λ and L₀ of the gold reward.
       label_threshold: τ of unpaired labels (about the median gold reward of the candidates).
     """
 
     name: str = "preference"
+    context_prob: float = 0.9
     style_prob: float = 0.5
     gamma: float = 0.5
     length_coef: float = 0.03
@@ -161,11 +167,25 @@ class PreferenceTask(base.Task):
     # --------------------------------------------------------------- samplers
 
     def sample_prompts(self, n: int, rng: np.random.Generator) -> list[str]:
-        verbs = rng.integers(len(vocab.PROMPT_VERBS), size=n)
-        topics = rng.integers(NUM_TOPICS, size=n)
-        return [
-            f"{vocab.PROMPT_VERBS[v]} the {vocab.TOPIC_NAMES[t]}" for v, t in zip(verbs, topics)
-        ]
+        out = []
+        for _ in range(n):
+            request = (
+                f"{vocab.PROMPT_VERBS[rng.integers(len(vocab.PROMPT_VERBS))]} "
+                f"the {vocab.TOPIC_NAMES[rng.integers(NUM_TOPICS)]}"
+            )
+            if rng.random() < self.context_prob:
+                intensifier = rng.integers(len(vocab.INTENSIFIERS) + 1)
+                words = [
+                    vocab.OPENERS[rng.integers(len(vocab.OPENERS))],
+                    vocab.NOUNS[rng.integers(len(vocab.NOUNS))],
+                    vocab.COPULAS[rng.integers(len(vocab.COPULAS))],
+                    *vocab.INTENSIFIERS[intensifier : intensifier + 1],
+                    vocab.ADJECTIVES[rng.integers(len(vocab.ADJECTIVES))],
+                    ".",
+                ]
+                request = " ".join([*words, request])
+            out.append(request)
+        return out
 
     def _topics(self, prompts: list[str]) -> list[int]:
         return [_topic_py(ids) for ids in vocab.encode(prompts)]
@@ -232,14 +252,14 @@ class PreferenceTask(base.Task):
     # --------------------------------------------------------------- gold reward
 
     def gold_reward(self, prompt_ids, prompt_mask, response_ids, response_mask) -> jax.Array:
-        prompt_ids, response_ids = base.in_vocab(prompt_ids), base.in_vocab(response_ids)
+        prompt_ids, response_ids = tokens.in_vocab(prompt_ids), tokens.in_vocab(response_ids)
         topic_of = jnp.asarray(_TOPIC_OF)[prompt_ids]
-        is_topic = base.content_mask(prompt_ids, prompt_mask, stop_at_eos=False) & (topic_of >= 0)
+        is_topic = tokens.content_mask(prompt_ids, prompt_mask, stop_at_eos=False) & (topic_of >= 0)
         last = jnp.argmax(jnp.where(is_topic, jnp.arange(prompt_ids.shape[1]), -1), axis=-1)
         topic = jnp.take_along_axis(topic_of, last[:, None], axis=1)[:, 0]
         topic = jnp.where(is_topic.any(axis=-1), topic, NUM_TOPICS)
 
-        valid = base.content_mask(response_ids, response_mask, stop_at_eos=True)
+        valid = tokens.content_mask(response_ids, response_mask, stop_at_eos=True)
         one_hot = jax.nn.one_hot(response_ids, vocab.VOCAB_SIZE, dtype=jnp.float32)
         counts = jnp.einsum("bnv,bn->bv", one_hot, valid.astype(jnp.float32))
         gains = (1.0 - self.gamma**counts) / (1.0 - self.gamma)

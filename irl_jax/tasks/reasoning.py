@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irl_jax.tasks import base, vocab
+from irl_jax.tasks import base, tokens, vocab
 from irl_jax.tasks.arithmetic import spell
 
 STEP_SEPARATOR = ";"  # pass as ``step_separator`` when tokenizing ``stepwise`` data
@@ -53,7 +53,7 @@ _DELTAS = (-2, -1, 1, 2)
 def _problem(prompt_ids: list[int]) -> tuple[int, list[tuple[int, int]]]:
     """(start, [(op token, operand)]) of a prompt, as the jnp path reads it."""
     content = vocab.content_ids(prompt_ids, stop_at_eos=False)
-    values, follow, _, _ = base.parse_numbers_py(content, MAX_PROMPT_NUMBERS)
+    values, follow, _, _ = tokens.parse_numbers_py(content, MAX_PROMPT_NUMBERS)
     start = values[0] if values else 0
     return start, list(zip(follow, values[1:]))
 
@@ -161,13 +161,13 @@ class ReasoningTask(base.Task):
         return _demonstrator_entropy(self)
 
     def gold_reward(self, prompt_ids, prompt_mask, response_ids, response_mask) -> jax.Array:
-        prompt_ids, response_ids = base.in_vocab(prompt_ids), base.in_vocab(response_ids)
+        prompt_ids, response_ids = tokens.in_vocab(prompt_ids), tokens.in_vocab(response_ids)
         start, ops, operands, num_ops = _parse_prompt(prompt_ids, prompt_mask)
         signs = jnp.where(ops == _MINUS, -1, 1)
         used = jnp.arange(MAX_PROMPT_NUMBERS - 1)[None, :] < num_ops[:, None]
         answer = start + jnp.sum(jnp.where(used, signs * operands, 0), axis=-1)
-        valid = base.content_mask(response_ids, response_mask, stop_at_eos=True)
-        _, _, count, last = base.parse_numbers(response_ids, valid, 1)
+        valid = tokens.content_mask(response_ids, response_mask, stop_at_eos=True)
+        _, _, count, last = tokens.parse_numbers(response_ids, valid, 1)
         return ((count > 0) & (last == answer)).astype(jnp.float32)
 
     def gold_reward_text(self, prompts: list[str], responses: list[str]) -> np.ndarray:
@@ -177,7 +177,7 @@ class ReasoningTask(base.Task):
             for op, b in operations:
                 stated = _apply(stated, op, b)
             content = vocab.content_ids(response_ids, stop_at_eos=True)
-            _, _, count, last = base.parse_numbers_py(content, 1)
+            _, _, count, last = tokens.parse_numbers_py(content, 1)
             out.append(float(count > 0 and last == stated))
         return np.asarray(out, np.float32)
 
@@ -207,7 +207,11 @@ class ReasoningTask(base.Task):
         ]
 
     def stepwise(
-        self, n: int, seed: int, expert_fraction: float = base.DEFAULT_EXPERT_FRACTION
+        self,
+        n: int,
+        seed: int,
+        expert_fraction: float = base.DEFAULT_EXPERT_FRACTION,
+        split: str = "train",
     ) -> datasets.Dataset:
         """Stepwise supervision (TRL format) on candidate responses.
 
@@ -215,7 +219,7 @@ class ReasoningTask(base.Task):
           Columns ``prompt``; ``completions``, the steps (text without the ``;``); ``labels``,
           one bool per step; ``completion``, the flat response (``" ".join(s + " ;")``).
         """
-        prompts = self.prompts(n, seed)
+        prompts = self.prompts(n, seed, split)
         responses = self.candidates(prompts, base.stream(seed, "candidates"), expert_fraction)
         steps = [[s.strip() for s in r.split(STEP_SEPARATOR)][:-1] for r in responses]
         return datasets.Dataset.from_dict(
@@ -230,8 +234,8 @@ class ReasoningTask(base.Task):
 
 def _parse_prompt(prompt_ids: jax.Array, prompt_mask: jax.Array):
     """start [B], ops [B, M-1] (op token of each operation), operands [B, M-1], num_ops [B]."""
-    valid = base.content_mask(prompt_ids, prompt_mask, stop_at_eos=False)
-    values, follow, count, _ = base.parse_numbers(prompt_ids, valid, MAX_PROMPT_NUMBERS)
+    valid = tokens.content_mask(prompt_ids, prompt_mask, stop_at_eos=False)
+    values, follow, count, _ = tokens.parse_numbers(prompt_ids, valid, MAX_PROMPT_NUMBERS)
     num_ops = jnp.clip(count - 1, 0, MAX_PROMPT_NUMBERS - 1)
     return values[:, 0], follow[:, :-1], values[:, 1:], num_ops
 
@@ -242,9 +246,9 @@ _WAIT_A, _WAIT_B, _WAIT_C, _BROKEN = 0, 1, 2, 3  # step parser: reading a, b, c;
 def _step_labels(prompt_ids, prompt_mask, response_ids, response_mask):
     """A left-to-right parser over the response's content tokens (``lax.scan``); its carry is
     (field, number being read, whether it has digits, a, op, b, previous stated value, step)."""
-    prompt_ids, response_ids = base.in_vocab(prompt_ids), base.in_vocab(response_ids)
+    prompt_ids, response_ids = tokens.in_vocab(prompt_ids), tokens.in_vocab(response_ids)
     start, ops, operands, num_ops = _parse_prompt(prompt_ids, prompt_mask)
-    valid = base.content_mask(response_ids, response_mask, stop_at_eos=True)
+    valid = tokens.content_mask(response_ids, response_mask, stop_at_eos=True)
     rows = jnp.arange(response_ids.shape[0])
 
     def step(carry, x):
@@ -266,7 +270,7 @@ def _step_labels(prompt_ids, prompt_mask, response_ids, response_mask):
         )
         cases = [is_digit, is_op, is_eq, token == _SEMICOLON]
         new_field = jnp.select(cases, [field, _WAIT_B, _WAIT_C, _WAIT_A], _BROKEN)
-        grown = jnp.where(has, jnp.minimum(acc * 10 + digit, base.NUMBER_CLAMP), digit)
+        grown = jnp.where(has, jnp.minimum(acc * 10 + digit, tokens.NUMBER_CLAMP), digit)
         updated = (
             new_field,
             jnp.where(is_digit, grown, 0),
@@ -282,7 +286,7 @@ def _step_labels(prompt_ids, prompt_mask, response_ids, response_mask):
 
     zeros = jnp.zeros_like(start)
     init = (zeros, zeros, zeros.astype(jnp.bool_), zeros, zeros, zeros, start, zeros)
-    xs = (response_ids.T, base.digit_values(response_ids).T, valid.T)
+    xs = (response_ids.T, tokens.digit_values(response_ids).T, valid.T)
     _, (boundary, labels) = jax.lax.scan(step, init, xs)
     return boundary.T, labels.T
 
@@ -306,7 +310,7 @@ def _step_labels_py(prompt_ids: list[int], response_ids: list[int]) -> list[bool
 
 def _parse_step(segment: list[int]) -> tuple[int, int, int, int] | None:
     """``a op b = c`` from one step's ids, or None if malformed."""
-    values, follow, count, _ = base.parse_numbers_py(segment, 3)
+    values, follow, count, _ = tokens.parse_numbers_py(segment, 3)
     shape = [t for t in segment if t not in vocab.DIGIT_IDS]
     if count != 3 or len(shape) != 2 or shape[0] not in (_PLUS, _MINUS) or shape[1] != _EQUALS:
         return None
