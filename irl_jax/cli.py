@@ -1,4 +1,4 @@
-"""The ``irl-jax`` console command: ``irl-jax run|generate|report|plot [ARGS...]``.
+"""The ``irl-jax`` console command: ``irl-jax run|generate|report|plot|plan [ARGS...]``.
 
 Each subcommand forwards the rest of the command line to one module's main, so
 ``irl-jax report runs/a`` is ``python -m irl_jax.report runs/a``:
@@ -6,10 +6,12 @@ Each subcommand forwards the rest of the command line to one module's main, so
 * ``run`` → ``experiments.run`` (train: ``--config=FILE --workdir=DIR --config.FIELD=VALUE``);
 * ``generate`` → ``irl_jax.generate`` (sample from a saved model);
 * ``report`` → ``irl_jax.report`` (table of final metrics);
-* ``plot`` → ``irl_jax.plot`` (metric curves as an image).
+* ``plot`` → ``irl_jax.plot`` (metric curves as an image);
+* ``plan`` → ``irl_jax.plan`` (ahead-of-time memory plan of a config on a TPU slice or GPU).
 
 Only the chosen module is imported (``run`` defines global absl flags; the others parse with
-argparse), so each subcommand's startup cost and flags are its own.
+argparse, ``plan`` with its own absl ``FlagValues``), so each subcommand's startup cost and
+flags are its own.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ COMMANDS = {
     "generate": ("irl_jax.generate", "sample responses from a Hugging Face model directory"),
     "report": ("irl_jax.report", "print a table of the final metrics of run directories"),
     "plot": ("irl_jax.plot", "plot logged metrics of run directories to an image"),
+    "plan": ("irl_jax.plan", "compile a config ahead of time: memory per device, FLOPs, fits?"),
 }
 
 

@@ -8,7 +8,9 @@ Every param and large activation in irl_jax carries *logical* axis names (``"emb
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -209,17 +211,177 @@ def place(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
+# A multi-process run's coordinator ``host:port``, process count and this process's index, read
+# from these environment variables when the corresponding flag is not given.
+DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
+# The launcher variables by which jax's own cluster detection recognizes Slurm and Open MPI
+# (``jax._src.clusters``), and the variable holding the task count.
+_SLURM_ENV = (
+    "SLURM_JOB_ID",
+    "SLURM_STEP_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+)
+_LAUNCHERS = {
+    "slurm": (_SLURM_ENV, "SLURM_NTASKS"),
+    "ompi": (("OMPI_MCA_orte_hnp_uri",), "OMPI_COMM_WORLD_SIZE"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedPlan:
+    """How this process joins a multi-process run: the arguments of
+    ``jax.distributed.initialize`` and where they come from.
+
+    Attributes:
+      source: ``"flags"``, ``"environment"`` (``DISTRIBUTED_ENV``), or the cluster that supplies
+        what is unset: ``"gcetpu"`` (a Cloud TPU VM: worker index and coordinator from its
+        metadata), ``"gketpu"`` (``TPU_WORKER_HOSTNAMES`` / ``TPU_WORKER_ID``), ``"slurm"``,
+        ``"ompi"``; joined with ``+`` when flags and a cluster both contribute.
+      coordinator_address, num_processes, process_id: the explicit values (``None``: the
+        cluster's).
+      cluster: the ``cluster_detection_method`` passed to jax (``"deactivate"`` when everything
+        is explicit, so jax changes nothing, e.g. does not limit each process to one GPU).
+    """
+
+    source: str
+    coordinator_address: str | None
+    num_processes: int | None
+    process_id: int | None
+    cluster: str
+
+
+def detect_cluster(environ: Mapping[str, str] | None = None) -> str | None:
+    """The multi-process cluster this process runs in, recognized without any network access.
+
+    * ``"gketpu"`` / ``"gcetpu"``: a Cloud TPU VM — ``jax`` found libtpu and TPU chips on the
+      PCI bus when it was imported (``jax._src.cloud_tpu_init``). On GKE the worker list is in
+      ``TPU_WORKER_HOSTNAMES``; on a TPU VM jax reads it from the VM's metadata server when it
+      initializes (a single-host VM is then a run of one process), unless
+      ``TPU_SKIP_MDS_QUERY`` turns that off.
+    * ``"slurm"`` / ``"ompi"``: launched by ``srun`` / ``mpirun`` with more than one task.
+    * ``None``: anything else (a laptop, CI, one GPU machine): a single process.
+    """
+    from jax._src import cloud_tpu_init
+
+    environ = os.environ if environ is None else environ
+    if cloud_tpu_init.running_in_cloud_tpu_vm:
+        if environ.get("TPU_WORKER_HOSTNAMES") or environ.get("TPU_PROCESS_ADDRESSES"):
+            return "gketpu"
+        if environ.get("TPU_SKIP_MDS_QUERY") is None:
+            return "gcetpu"
+    for name, (required, count) in _LAUNCHERS.items():
+        if all(var in environ for var in required) and int(environ.get(count, "1")) > 1:
+            return name
+    return None
+
+
+def distributed_plan(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> DistributedPlan | None:
+    """Decides whether and how this process joins a multi-process run (pure: starts nothing).
+
+    Each of coordinator, process count and process index comes from its flag, else from its
+    ``DISTRIBUTED_ENV`` variable, else from the detected cluster (``detect_cluster``). With all
+    three explicit, jax's cluster detection is turned off.
+
+    Returns:
+      The plan, or ``None`` for a single process (nothing given, no cluster detected).
+
+    Raises:
+      ValueError: some but not all of the three are given and no cluster supplies the rest, or
+        an environment variable is not an integer.
+    """
+    environ = os.environ if environ is None else environ
+    flags = (coordinator_address, num_processes, process_id)
+    values = [
+        flag if flag is not None else environ.get(var) or None
+        for flag, var in zip(flags, DISTRIBUTED_ENV, strict=True)
+    ]
+    for i in (1, 2):
+        if isinstance(values[i], str):
+            try:
+                values[i] = int(values[i])
+            except ValueError:
+                raise ValueError(f"{DISTRIBUTED_ENV[i]}={values[i]!r} is not an integer") from None
+    given = [v is not None for v in values]
+    source = "flags" if any(f is not None for f in flags) else "environment" if any(given) else ""
+    cluster = None if all(given) else detect_cluster(environ)
+    if all(given):
+        return DistributedPlan(source, *values, cluster="deactivate")
+    if cluster is not None:
+        return DistributedPlan("+".join(filter(None, (source, cluster))), *values, cluster=cluster)
+    if any(given):
+        names = ("coordinator_address", "num_processes", "process_id")
+        missing = [
+            f"--{name} (or {var})"
+            for name, var, have in zip(names, DISTRIBUTED_ENV, given, strict=True)
+            if not have
+        ]
+        raise ValueError(
+            f"a multi-process run ({source}) also needs {', '.join(missing)}; no cluster "
+            "(Cloud TPU, Slurm, Open MPI) was detected to supply them"
+        )
+    return None
+
+
 def initialize_distributed(
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
-) -> None:
-    """Multi-host init (``jax.distributed``); a no-op for a single process without arguments.
+) -> DistributedPlan | None:
+    """Starts ``jax.distributed`` when this process is one of several (see
+    ``distributed_plan``): on a Cloud TPU pod with no arguments, elsewhere from flags or the
+    ``DISTRIBUTED_ENV`` variables (or a Slurm / Open MPI launch). A no-op for a single process.
 
-    On CPU the cross-process collectives go through gloo.
+    Must run before anything touches a JAX device. Off TPU the cross-process collectives of the
+    CPU backend go through gloo.
+
+    Returns:
+      The plan that was carried out, or ``None``.
     """
-    if coordinator_address is None and num_processes is None:
-        return
-    if jax.config.jax_platforms in (None, "", "cpu"):
+    plan = distributed_plan(coordinator_address, num_processes, process_id)
+    if plan is None:
+        return None
+    if not plan.cluster.endswith("tpu") and jax.config.jax_platforms in (None, "", "cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(
+        plan.coordinator_address,
+        plan.num_processes,
+        plan.process_id,
+        cluster_detection_method=plan.cluster,
+    )
+    return plan
+
+
+def describe_processes() -> str:
+    """One line: this process's index and count, and its devices among all."""
+    local = jax.local_devices()
+    return (
+        f"process {jax.process_index()} of {jax.process_count()}: {len(local)} local "
+        f"{local[0].platform} devices of {jax.device_count()}"
+    )
+
+
+def describe_mesh(mesh: Mesh) -> str:
+    """One line: the mesh's axis sizes and which positions on each axis this process's devices
+    hold (e.g. ``fsdp 0-3 of 8``: a quarter of every FSDP-sharded param lives here)."""
+    mine = np.vectorize(lambda d: d.process_index == jax.process_index())(mesh.devices)
+    positions = np.argwhere(mine)
+    parts = []
+    for axis, (name, size) in enumerate(mesh.shape.items()):
+        held = sorted(set(positions[:, axis].tolist()))
+        if len(held) > 1 and held == list(range(held[0], held[-1] + 1)):
+            span = f"{held[0]}-{held[-1]}"
+        else:
+            span = ",".join(map(str, held))
+        parts.append(f"{name} {span} of {size}")
+    sizes = " ".join(f"{name}={size}" for name, size in mesh.shape.items())
+    return (
+        f"mesh {sizes} over {mesh.size} devices in {jax.process_count()} processes; "
+        f"process {jax.process_index()} holds {', '.join(parts)}"
+    )

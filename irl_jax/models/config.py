@@ -162,10 +162,11 @@ def _llama(
     kv: int,
     mlp: int,
     positions: int,
+    architecture: str = "llama",
     **kw: Any,
 ) -> ModelConfig:
     return ModelConfig(
-        architecture="llama",
+        architecture=architecture,
         vocab_size=vocab_size,
         hidden_size=hidden,
         num_layers=layers,
@@ -193,6 +194,92 @@ PRESETS: dict[str, ModelConfig] = {
         512, hidden=128, layers=4, heads=4, kv=2, mlp=352, positions=1024, tie_word_embeddings=True
     ),
 }
+
+# The real shapes of public checkpoints (their config.json), for planning memory on accelerators
+# (``python -m irl_jax.plan``) and random-init runs at full size. ``gpt2-124m`` is GPT-2 small.
+_LLAMA3_ROPE = RopeScaling("llama3", 32.0, 1.0, 4.0, 8192)
+_QWEN2 = dict(architecture="qwen2", qkv_bias=True, norm_eps=1e-6, rope_theta=1e6)
+PRESETS.update(
+    {
+        "llama-3.2-1b": _llama(
+            128256,
+            hidden=2048,
+            layers=16,
+            heads=32,
+            kv=8,
+            mlp=8192,
+            positions=131072,
+            rope_theta=500000.0,
+            rope_scaling=_LLAMA3_ROPE,
+            tie_word_embeddings=True,
+            bos_token_id=128000,
+            eos_token_ids=(128001,),
+        ),
+        "llama-3-8b": _llama(
+            128256,
+            hidden=4096,
+            layers=32,
+            heads=32,
+            kv=8,
+            mlp=14336,
+            positions=8192,
+            rope_theta=500000.0,
+            bos_token_id=128000,
+            eos_token_ids=(128001,),
+        ),
+        "qwen2.5-0.5b": _llama(
+            151936,
+            hidden=896,
+            layers=24,
+            heads=14,
+            kv=2,
+            mlp=4864,
+            positions=32768,
+            tie_word_embeddings=True,
+            bos_token_id=151643,
+            eos_token_ids=(151643,),
+            **_QWEN2,
+        ),
+        "qwen2.5-1.5b": _llama(
+            151936,
+            hidden=1536,
+            layers=28,
+            heads=12,
+            kv=2,
+            mlp=8960,
+            positions=32768,
+            tie_word_embeddings=True,
+            bos_token_id=151643,
+            eos_token_ids=(151643,),
+            **_QWEN2,
+        ),
+        "qwen2.5-7b": _llama(
+            152064,
+            hidden=3584,
+            layers=28,
+            heads=28,
+            kv=4,
+            mlp=18944,
+            positions=131072,
+            bos_token_id=151643,
+            eos_token_ids=(151643,),
+            **_QWEN2,
+        ),
+        "mistral-7b": _llama(  # Mistral-7B-v0.1
+            32000,
+            hidden=4096,
+            layers=32,
+            heads=32,
+            kv=8,
+            mlp=14336,
+            positions=32768,
+            architecture="mistral",
+            sliding_window=4096,
+            bos_token_id=1,
+            eos_token_ids=(2,),
+        ),
+    }
+)
 
 
 def preset(name: str, **overrides: Any) -> ModelConfig:

@@ -2,14 +2,17 @@
 
 Supported: ``GPT2LMHeadModel``, ``LlamaForCausalLM``, ``Qwen2ForCausalLM``,
 ``MistralForCausalLM`` and the ``*ForSequenceClassification`` reward models of the same
-families. Loading reads one tensor at a time (bf16 included, through safetensors' flax backend)
-and places it straight into its target sharding when a mesh is given; the whole model is never
-gathered on one device. Export writes files that ``transformers`` loads back.
+families. Loading goes one tensor at a time (bf16 included) and, when a mesh is given, places
+each tensor straight into its target sharding, reading from the file only the blocks that this
+process's devices hold (safetensors slices): on a multi-host run each host reads its share of
+an FSDP/tensor-sharded model, and the whole model is never gathered on one device. Export writes
+files that ``transformers`` loads back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,31 +45,47 @@ _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
 @dataclasses.dataclass(frozen=True)
 class _Rule:
-    """One tensor: our path, the HF name, and the two layout conversions."""
+    """One tensor: our path, the HF name, and the layout between them.
+
+    Our tensor is the HF tensor reshaped to ``split`` (each HF dimension split into consecutive
+    dimensions, never merged; ``None``: unchanged), then transposed by ``perm`` (``None``:
+    unchanged). Export reverses this, reshaping to ``hf_shape`` (``None``: no reshape). Because
+    dimensions are only split and permuted, any block of our tensor comes from one block of the
+    file (``_read_block``).
+    """
 
     ours: str
     hf: str
-    to_ours: Callable[[np.ndarray], np.ndarray] = lambda w: w
-    to_hf: Callable[[np.ndarray], np.ndarray] = lambda w: w
+    split: tuple[int, ...] | None = None
+    perm: tuple[int, ...] | None = None
+    hf_shape: tuple[int, ...] | None = None
+
+    def to_ours(self, w: np.ndarray) -> np.ndarray:
+        w = w if self.split is None else w.reshape(self.split)
+        return w if self.perm is None else w.transpose(self.perm)
+
+    def to_hf(self, k: np.ndarray) -> np.ndarray:
+        k = k if self.perm is None else k.transpose(np.argsort(self.perm))
+        return k if self.hf_shape is None else k.reshape(self.hf_shape)
 
 
 def _linear(ours: str, hf: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> _Rule:
     """A torch ``nn.Linear`` weight ``[out, in]`` ↔ our kernel ``[*in_shape, *out_shape]``."""
-    n_in = int(np.prod(in_shape))
-    return _Rule(
-        ours, hf, lambda w: w.T.reshape(*in_shape, *out_shape), lambda k: k.reshape(n_in, -1).T
-    )
+    n_out, n_in = len(out_shape), len(in_shape)
+    perm = tuple(range(n_out, n_out + n_in)) + tuple(range(n_out))
+    hf_shape = (math.prod(out_shape), math.prod(in_shape))
+    return _Rule(ours, hf, (*out_shape, *in_shape), perm, hf_shape)
 
 
 def _reshaped(
     ours: str, hf: str, shape: tuple[int, ...], hf_shape: tuple[int, ...] = (-1,)
 ) -> _Rule:
     """Same memory order, different shape (GPT-2's Conv1D ``[in, out]`` weights, biases)."""
-    return _Rule(ours, hf, lambda w: w.reshape(shape), lambda k: k.reshape(hf_shape))
+    return _Rule(ours, hf, split=shape, hf_shape=hf_shape)
 
 
 def _transposed(ours: str, hf: str) -> _Rule:
-    return _Rule(ours, hf, lambda w: w.T, lambda k: k.T)
+    return _Rule(ours, hf, perm=(1, 0))
 
 
 def _layer_rules(cfg: ModelConfig) -> list[_Rule]:
@@ -149,11 +168,12 @@ def _rules(cfg: ModelConfig, kind: str) -> list[_Rule]:
 
 
 def _safe_open(file: str):
-    """``safe_open`` (flax backend: numpy's cannot read bf16) with errors naming the file."""
+    """``safe_open`` (numpy backend: host arrays, bf16 through ml_dtypes) with errors naming the
+    file."""
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{file}: no such safetensors file")
     try:
-        return safe_open(file, framework="flax")
+        return safe_open(file, framework="numpy")
     except SafetensorError as e:
         size = os.path.getsize(file)
         raise ValueError(
@@ -162,8 +182,8 @@ def _safe_open(file: str):
 
 
 class _TensorReader:
-    """Reads tensors one at a time from ``model.safetensors`` or a sharded index; every file's
-    header is read (and so checked) when the reader is made."""
+    """Reads blocks of tensors from ``model.safetensors`` or a sharded index; every file's header
+    is read (and so checked) when the reader is made. ``values_read`` counts what was read."""
 
     def __init__(self, path: str):
         single = os.path.join(path, "model.safetensors")
@@ -187,6 +207,7 @@ class _TensorReader:
             raise FileNotFoundError(
                 f"{path!r} has neither model.safetensors nor model.safetensors.index.json"
             )
+        self.values_read = 0
 
     def names(self) -> set[str]:
         return set(self._files)
@@ -195,9 +216,74 @@ class _TensorReader:
         with _safe_open(self._files[name]) as f:
             return tuple(f.get_slice(name).get_shape())
 
-    def get(self, name: str) -> np.ndarray:
+    def read(self, name: str, block: tuple[slice, ...]) -> np.ndarray:
+        """The block ``block`` (one slice per dimension) of tensor ``name``, and only that."""
         with _safe_open(self._files[name]) as f:
-            return np.asarray(f.get_tensor(name))
+            values = np.asarray(f.get_slice(name)[block])
+        self.values_read += values.size
+        return values
+
+
+def _split_groups(file_shape: tuple[int, ...], split: tuple[int, ...]) -> list[range]:
+    """For each dimension of the file, the consecutive dimensions of ``split`` it splits into."""
+    groups, dim = [], 0
+    for size in file_shape:
+        start, product = dim, 1
+        while dim < len(split) and (dim == start or product < size):
+            product *= split[dim]
+            dim += 1
+        if product != size:
+            raise ValueError(f"{split} is not a split of the file's shape {file_shape}")
+        groups.append(range(start, dim))
+    if dim < len(split):  # trailing dimensions of size 1
+        groups[-1] = range(groups[-1].start, len(split))
+    return groups
+
+
+def _read_block(
+    read: Callable[[str, tuple[slice, ...]], np.ndarray],
+    rule: _Rule,
+    file_shape: tuple[int, ...],
+    index: tuple[slice, ...],
+) -> np.ndarray:
+    """The block ``index`` (a slice per dimension, as ``jax.make_array_from_callback`` passes)
+    of our tensor of ``rule``, read from the file block that holds it.
+
+    Each file dimension splits into dimensions (d₁, …, d_k) of ours (e.g. heads × head_dim); the
+    file block takes the rows of d₁ that ``index`` touches, whole in d₂ … d_k, so it is exactly
+    the requested block when d₂ … d_k are not sliced (the common case: a kernel sharded over
+    heads, FSDP over the embedding). Otherwise (GPT-2's fused QKV sharded over heads: 3 × heads ×
+    head_dim) the extra values are read and dropped.
+    """
+    split = rule.split or tuple(file_shape)
+    perm = rule.perm or tuple(range(len(split)))
+    ranges: list[tuple[int, int]] = [(0, 0)] * len(split)
+    for our_dim, split_dim in enumerate(perm):
+        start, stop, step = index[our_dim].indices(split[split_dim])
+        if step != 1:
+            raise ValueError(f"strided block {index} of {rule.hf}")
+        ranges[split_dim] = (start, stop)
+    file_block, block_shape, local = [], [], []
+    for group in _split_groups(file_shape, split):
+        (start, stop), inner = ranges[group[0]], math.prod(split[d] for d in group[1:])
+        file_block.append(slice(start * inner, stop * inner))
+        block_shape += [stop - start, *(split[d] for d in group[1:])]
+        local += [slice(None), *(slice(*ranges[d]) for d in group[1:])]
+    block = read(rule.hf, tuple(file_block)).reshape(block_shape)[tuple(local)]
+    return block if rule.perm is None else block.transpose(perm)
+
+
+def _memoized(fn: Callable[[tuple[slice, ...]], np.ndarray]):
+    """``fn`` computed once per distinct index (devices holding the same block share it)."""
+    cache: dict[tuple, np.ndarray] = {}
+
+    def call(index: tuple[slice, ...]) -> np.ndarray:
+        key = tuple((s.start, s.stop, s.step) for s in index)
+        if key not in cache:
+            cache[key] = fn(index)
+        return cache[key]
+
+    return call
 
 
 def _strip_gpt2_prefix(names: set[str], rules: list[_Rule]) -> list[_Rule]:
@@ -274,38 +360,56 @@ def load_pretrained(
     flat_unrolled = traverse_util.flatten_dict(sharding_lib.unbox(unrolled), sep="/")
     shapes = {p: x.shape for p, x in flat_unrolled.items()}
     weight_dtype = config.weight_dtype
+    by_path = {r.ours: r for r in rules}
 
-    def convert(rule: _Rule) -> np.ndarray:
-        tensor = reader.get(rule.hf)
+    def file_shape(rule: _Rule) -> tuple[int, ...]:
+        shape = reader.shape(rule.hf)
         expected = rule.to_hf(np.empty(shapes[rule.ours], np.uint8)).shape
-        if tensor.shape != expected:
+        if shape != expected:
             raise ValueError(
-                f"checkpoint tensor {rule.hf!r} (our {rule.ours!r}) has shape {tensor.shape}, "
+                f"checkpoint tensor {rule.hf!r} (our {rule.ours!r}) has shape {shape}, "
                 f"expected {expected} from config.json"
             )
-        return np.asarray(rule.to_ours(tensor)).astype(weight_dtype)
+        return shape
 
-    def place(path_: str, array: np.ndarray) -> jax.Array:
+    file_shapes = {r.hf: file_shape(r) for r in rules}
+
+    def block(rule: _Rule, index: tuple[slice, ...]) -> np.ndarray:
+        return _read_block(reader.read, rule, file_shapes[rule.hf], index).astype(weight_dtype)
+
+    def place(path_: str, shape: tuple[int, ...], values) -> jax.Array:
+        """Our tensor ``path_`` from ``values(index) -> block``: this process's blocks only."""
         if shardings is None:
-            return jnp.asarray(array)
-        return sharding_lib.place(array, shardings[path_])
+            return jnp.asarray(values(tuple(slice(None) for _ in shape)))
+        return jax.make_array_from_callback(shape, shardings[path_], _memoized(values))
 
     flat: dict[str, jax.Array] = {}
-    by_path = {r.ours: r for r in rules}
     if scan_layers:
-        # Stack one parameter kind across layers at a time: host memory holds one kind only.
+        # One parameter kind stacked across layers: each block is stacked from the layers' blocks.
         prefix = "" if kind == "causal_lm" else "transformer/"
         for rule in _layer_rules(config):
-            stacked = np.stack(
-                [
-                    convert(by_path[f"{prefix}layer_{i}/{rule.ours}"])
-                    for i in range(config.num_layers)
-                ]
+            layers = [by_path[f"{prefix}layer_{i}/{rule.ours}"] for i in range(config.num_layers)]
+
+            def stacked(index, layers=layers):
+                picked = range(config.num_layers)[index[0]]
+                return np.stack([block(layers[i], index[1:]) for i in picked])
+
+            shape = (config.num_layers, *shapes[layers[0].ours])
+            flat[f"{prefix}layers/{rule.ours}"] = place(
+                f"{prefix}layers/{rule.ours}", shape, stacked
             )
-            flat[f"{prefix}layers/{rule.ours}"] = place(f"{prefix}layers/{rule.ours}", stacked)
         by_path = {p: r for p, r in by_path.items() if "/layer_" not in "/" + p}
     for path_, rule in by_path.items():
-        flat[path_] = place(path_, convert(rule))
+        flat[path_] = place(path_, shapes[path_], lambda index, rule=rule: block(rule, index))
+    total = sum(math.prod(shape) for shape in file_shapes.values())
+    logging.info(
+        "load_pretrained(%s): process %d read %d of the checkpoint's %d values (%.0f%%)",
+        path,
+        jax.process_index(),
+        reader.values_read,
+        total,
+        100.0 * reader.values_read / max(total, 1),
+    )
     return config, traverse_util.unflatten_dict(flat, sep="/")
 
 
