@@ -2,8 +2,14 @@
 
 Flags: ``--workdir=DIR`` (default ``runs/NAME``) and config overrides such as
 ``--config.num_steps=20``. A run in an existing workdir resumes from its newest checkpoint.
+A multi-process run starts ``jax.distributed`` by itself on a Cloud TPU pod (every worker runs
+the same command), under Slurm or Open MPI, or from ``--coordinator_address --num_processes
+--process_id`` (or ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``).
 An unknown field (``--config.num_step``: "did you mean 'num_steps'?"), a value of the wrong
 type or a missing config file is a one-line error naming it, before anything compiles.
+Exit status: 0 when finished; 75 (``Preempted.exit_status``) after a SIGTERM, once the state is
+saved (run the same command to resume); 1 for any error (a workdir in use by another process
+is one line naming it).
 """
 
 from __future__ import annotations
@@ -25,10 +31,17 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
 _COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "host:port of process 0 for multi-process runs."
+    "coordinator_address",
+    None,
+    "host:port of process 0 in a multi-process run (else $JAX_COORDINATOR_ADDRESS; not needed "
+    "on Cloud TPU pods, Slurm or Open MPI, which supply all three).",
 )
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in a multi-process run (else $JAX_NUM_PROCESSES)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index (else $JAX_PROCESS_ID)."
+)
 flags.mark_flag_as_required("config")
 
 
@@ -131,15 +144,39 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _usage_error(message or f"{e}\nPass --helpshort or --helpfull to see help on flags.")
 
 
+def _log_meshes(config: ml_collections.ConfigDict) -> None:
+    """Logs the global mesh of the run (of each stage of a pipeline) and this process's place in
+    it; a mesh shape that does not fit the devices is left to the config check to report."""
+    from irl_jax import sharding
+
+    stages = config.stages.items() if config.algorithm == "pipeline" else [("", config)]
+    for stage, stage_config in stages:
+        try:
+            mesh = sharding.make_mesh(dict(stage_config.mesh_shape))
+        except (ValueError, AttributeError, KeyError):
+            continue
+        logging.info("%s%s", f"{stage}: " if stage else "", sharding.describe_mesh(mesh))
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_quiet_orbax)
     from irl_jax import algorithms, sharding
     from irl_jax.config import ConfigError
+    from irl_jax.train.loop import Preempted
+    from irl_jax.workdir import WorkdirLocked
 
-    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    try:
+        plan = sharding.initialize_distributed(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+        )
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    started = f" (jax.distributed from {plan.source})" if plan else ""
+    logging.info("%s%s", sharding.describe_processes(), started)
     config = _CONFIG.value
+    _log_meshes(config)
     name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
     workdir = _WORKDIR.value or os.path.join("runs", name)
     logging.info("running %s (%s) in %s", name, config.algorithm, workdir)
@@ -148,6 +185,11 @@ def main(argv: list[str]) -> None:
         metrics = algorithms.run(config, workdir)
     except ConfigError as e:
         raise app.UsageError(str(e)) from None
+    except Preempted as e:  # SIGTERM: the state is saved; the same command resumes
+        logging.warning("%s", e)
+        sys.exit(Preempted.exit_status)
+    except WorkdirLocked as e:
+        sys.exit(f"FATAL {e}")
     logging.info("final metrics: %s", metrics)
     if config.algorithm == "pipeline":
         from irl_jax.algorithms import pipeline

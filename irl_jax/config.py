@@ -9,18 +9,37 @@ Canonical fields: ``seed``, ``num_steps``, ``batch_size``, ``mesh_shape``, ``eva
 ``checkpoint_every``, ``model`` (a preset name or a Hugging Face directory), ``data``,
 ``optimizer`` (the trained model's; a second trained model has its own, e.g.
 ``critic.optimizer``), ``sampling`` and ``reward`` (shared by every algorithm that samples or
-scores responses) and ``policy_eval``.
+scores responses) and ``policy_eval``. ``resume_policy`` and ``on_nonfinite`` say what a run
+does with a checkpoint saved under another config and with a non-finite loss or gradient.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import ml_collections
 
 from irl_jax.models.config import PRESETS
 
 REWARD_SOURCES = ("gold", "verifier", "model")
+RESUME_POLICIES = ("check", "ignore_config")
+ON_NONFINITE = ("stop", "skip_step")
+# Fields that may change when a run resumes (how long it runs, how often it logs, evaluates and
+# saves, and these policies); any other difference from the checkpoint's config is refused.
+RESUMABLE_FIELDS = frozenset(
+    {
+        "num_steps",
+        "eval_every",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "resume_policy",
+        "on_nonfinite",
+    }
+)
 ENSEMBLE_AGGREGATIONS = ("mean", "wco", "uwo")
 STEP_AGGREGATIONS = ("mean", "min", "last")
 
@@ -115,6 +134,12 @@ def base_config(algorithm: str = "sft") -> ml_collections.ConfigDict:
     c.checkpoint_every = 0
     c.keep_checkpoints = 2
     c.export = True  # write the final model as a Hugging Face directory in WORKDIR/export
+    # Resuming from a checkpoint saved with another config: "check" refuses (naming the fields
+    # that differ, except RESUMABLE_FIELDS); "ignore_config" resumes anyway.
+    c.resume_policy = "check"
+    # A non-finite loss or gradient norm: "stop" (with the newest good checkpoint kept), or
+    # "skip_step" (that update is discarded on device and training goes on).
+    c.on_nonfinite = "stop"
 
     c.model = "gpt2-tiny"  # a preset name (irl_jax.models.PRESETS) or a local HF directory
     c.tokenizer = ""  # HF tokenizer directory; "" = the model directory or the task tokenizer
@@ -243,13 +268,16 @@ def check_minibatches(config: ml_collections.ConfigDict, num_minibatches: int, f
 
 
 def check_reward_paths(config: ml_collections.ConfigDict) -> None:
-    """A learned reward (``reward.source="model"``) must be a Hugging Face directory."""
+    """A learned reward (``reward.source="model"``) must be a complete Hugging Face directory."""
+    from irl_jax.models.source import hf_dir_problem
+
     r = config.reward
     if r.source == "model":
+        problem = hf_dir_problem(r.model)
         require(
-            os.path.isfile(os.path.join(r.model, "config.json")),
+            problem is None,
             "reward.model",
-            f"{r.model!r} is not a Hugging Face directory with a config.json; reward.source="
+            f"{r.model!r} {problem}; reward.source="
             "'model' scores with a trained reward model: run `python -m experiments.run "
             "--config=experiments/configs/rm_bt.py --workdir=runs/rm` and set "
             "--config.reward.model=runs/rm/export",
@@ -281,6 +309,8 @@ def validate_base(config: ml_collections.ConfigDict, devices: list | None = None
     for field in ("eval_every", "checkpoint_every"):
         require(config[field] >= 0, field, f"must be >= 0, got {config[field]}")
     require(config.log_every > 0, "log_every", f"must be positive, got {config.log_every}")
+    for field, options in (("resume_policy", RESUME_POLICIES), ("on_nonfinite", ON_NONFINITE)):
+        require(config[field] in options, field, f"{config[field]!r} not in {options}")
     require(
         config.keep_checkpoints >= 1,
         "keep_checkpoints",
@@ -304,11 +334,14 @@ def validate_base(config: ml_collections.ConfigDict, devices: list | None = None
         f"{config.eval_batch_size} must be positive and divisible by the data-parallel size "
         f"data*fsdp={data_parallel}",
     )
+    from irl_jax.models.source import hf_dir_problem
+
+    problem = None if config.model in PRESETS else hf_dir_problem(config.model)
     require(
-        config.model in PRESETS or os.path.isfile(os.path.join(config.model, "config.json")),
+        problem is None,
         "model",
-        f"{config.model!r} is neither a preset ({sorted(PRESETS)}) nor a directory with a "
-        "config.json",
+        f"{config.model!r} is neither a preset ({sorted(PRESETS)}) nor a complete Hugging Face "
+        f"directory (it {problem})",
     )
     overrides, base = config.model_overrides, PRESETS.get(config.model)
     hidden = overrides.hidden_size or (base.hidden_size if base else None)
@@ -336,4 +369,88 @@ def validate_base(config: ml_collections.ConfigDict, devices: list | None = None
     for field in ("num_prompts", "max_new_tokens", "batch_size"):
         require(p[field] >= 1, f"policy_eval.{field}", f"must be >= 1, got {p[field]}")
     require(p.temperature > 0, "policy_eval.temperature", f"must be > 0, got {p.temperature}")
+    eval_rows = min(p.batch_size, p.num_prompts)
+    require(
+        eval_rows % data_parallel == 0,
+        "policy_eval.batch_size",
+        f"a policy evaluation batch of min(batch_size={p.batch_size}, num_prompts="
+        f"{p.num_prompts}) = {eval_rows} prompts must be divisible by the data-parallel size "
+        f"data*fsdp={data_parallel}",
+    )
+    check_positions(config)
     return dict(mesh.shape)
+
+
+def check_positions(config: ml_collections.ConfigDict) -> None:
+    """Sequences fit a learned position table (GPT-2): ``data.max_length`` tokens, and a prompt
+    (``data.max_prompt_length``, else ``data.max_length``) plus the generation budget of
+    ``policy_eval`` and of ``sampling`` (past the table, positions would read no embedding).
+    Skipped while the weights' directory does not exist yet (a pipeline's ``@stage``)."""
+    from irl_jax.models import hf_config
+    from irl_jax.models.source import is_hf_dir, weights_dir
+
+    source = weights_dir(config.model, config.init_from)
+    if source and not is_hf_dir(source):
+        return
+    model = hf_config.config_from_hf(hf_config.read_config(source))[0] if source else None
+    model = model or PRESETS.get(config.model)
+    if model is None or not model.is_gpt2:
+        return
+    positions, name = model.max_position_embeddings, source or config.model
+    data = config.data
+    require(
+        data.max_length <= positions,
+        "data.max_length",
+        f"{data.max_length} exceeds the {positions} positions of {name!r}",
+    )
+    prompt = data.max_prompt_length or data.max_length
+    for section in ("policy_eval", "sampling"):
+        new_tokens = config[section].max_new_tokens
+        require(
+            prompt + new_tokens <= positions,
+            f"{section}.max_new_tokens",
+            f"a prompt of up to {prompt} tokens (data.max_prompt_length, else data.max_length) "
+            f"+ {new_tokens} new tokens exceeds the {positions} positions of {name!r}; lower "
+            f"{section}.max_new_tokens or data.max_prompt_length",
+        )
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": leaf}`` of nested dicts, leaves as JSON reads them back (tuples as lists)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.loads(json.dumps(value, default=str))
+    return flat
+
+
+def config_differences(
+    saved: Mapping[str, Any], current: Mapping[str, Any], ignore: Iterable[str] = ()
+) -> dict[str, tuple[Any, Any]]:
+    """``{field: (saved value, current value)}`` of the fields whose values differ, except
+    ``RESUMABLE_FIELDS`` and ``ignore``. A field that the saved config lacks (one added to the
+    code since) does not count."""
+    saved, current = _flatten(saved), _flatten(current)
+    skipped = RESUMABLE_FIELDS | set(ignore)
+    return {
+        field: (saved[field], current.get(field))
+        for field in saved
+        if field not in skipped and saved[field] != current.get(field)
+    }
+
+
+def describe_differences(differences: Mapping[str, tuple[Any, Any]]) -> str:
+    """``"batch_size: 32 → 64, data.path: 'a' → 'b'"``."""
+    return ", ".join(f"{k}: {old!r} → {new!r}" for k, (old, new) in sorted(differences.items()))
+
+
+def schedules_depending_on_num_steps(config: Mapping[str, Any]) -> list[str]:
+    """The optimizer schedules of ``config`` that decay over ``num_steps`` (not ``constant``),
+    as ``"optimizer.schedule='cosine'"``."""
+    return [
+        f"{field}={value!r}"
+        for field, value in _flatten(config).items()
+        if field.split(".")[-1] == "schedule" and isinstance(value, str) and value != "constant"
+    ]

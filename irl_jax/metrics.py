@@ -1,6 +1,9 @@
 """Metrics: ``WORKDIR/metrics.jsonl``, TensorBoard event files, sample texts, progress bar.
 
 Only process 0 writes. Metric names are ``split/name`` (``train/loss``, ``eval/gold_reward``).
+A resumed run first drops the rows that an earlier attempt wrote past the step it resumes from
+(they are written again), so every row appears once; a torn last line (a process killed while
+writing it) is dropped too.
 """
 
 from __future__ import annotations
@@ -28,19 +31,36 @@ class MetricsWriter:
       workdir: the run directory (created if needed).
       tensorboard: also write event files under ``WORKDIR/tensorboard`` (``tensorboardX``).
       enabled: write anything at all (default: only on process 0).
+      resume_step: the step the run starts from: rows (and samples) of later steps, written by
+        an earlier attempt after its newest checkpoint, are dropped, and TensorBoard hides its
+        events past this step. ``None`` keeps everything.
+      reevaluate: the evaluation at ``resume_step`` runs again (a finished run run again):
+        drop its rows too.
     """
 
-    def __init__(self, workdir: str, *, tensorboard: bool = True, enabled: bool | None = None):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        tensorboard: bool = True,
+        enabled: bool | None = None,
+        resume_step: int | None = None,
+        reevaluate: bool = False,
+    ):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.samples_path = os.path.join(workdir, "samples.jsonl")
         self._tb = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
+            if resume_step is not None:
+                _keep_rows(self.path, resume_step, reevaluate)
+                _keep_rows(self.samples_path, resume_step, reevaluate)
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                purge = None if resume_step is None else resume_step + 1
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=purge)
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
         """Writes scalar metrics (device arrays are fetched here, once)."""
@@ -77,10 +97,54 @@ class MetricsWriter:
             self._tb.close()
 
 
+def _read_rows(path: str) -> tuple[list[dict[str, Any]], bool]:
+    """``(rows, torn)`` of a ``.jsonl`` file: a last line cut short by a killed writer (not
+    JSON, or no final newline) is dropped with a warning; a bad line elsewhere raises
+    ``ValueError`` naming it."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    lines = text.split("\n")
+    torn = not text.endswith("\n") and bool(text)
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number < len(lines) - (not torn):
+                raise ValueError(f"{path} line {number}: not JSON ({e})") from None
+            logging.warning("%s: dropped a torn last line (%d characters)", path, len(line))
+    return rows, torn
+
+
+def _keep_rows(path: str, resume_step: int, reevaluate: bool) -> None:
+    """Rewrites ``path`` (atomically) without the rows past ``resume_step`` — and, when
+    ``reevaluate``, without the evaluation rows (``eval/*`` metrics, samples) at it — and
+    without a torn last line."""
+    if not os.path.exists(path):
+        return
+    rows, torn = _read_rows(path)
+
+    def dropped(row: Mapping[str, Any]) -> bool:
+        step = row.get("step", 0)
+        if step == resume_step and reevaluate:
+            return "name" in row or all(k.startswith("eval/") for k in row if k != "step")
+        return step > resume_step
+
+    kept = [row for row in rows if not dropped(row)]
+    if len(kept) == len(rows) and not torn:
+        return
+    logging.info("%s: dropped %d rows past step %d", path, len(rows) - len(kept), resume_step)
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, default=str) + "\n" for row in kept)
+    os.replace(temporary, path)
+
+
 def read_metrics(workdir: str) -> list[dict[str, float]]:
-    """All rows of ``WORKDIR/metrics.jsonl``."""
-    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All rows of ``WORKDIR/metrics.jsonl`` (a torn last line is dropped with a warning)."""
+    return _read_rows(os.path.join(workdir, "metrics.jsonl"))[0]
 
 
 def progress_bar(total: int, initial: int, description: str) -> tqdm.tqdm:

@@ -24,6 +24,10 @@ MODULES = {
     "direct": "irl_jax.algorithms.direct",
     "spin": "irl_jax.algorithms.spin",
     "policy_gradient": "irl_jax.algorithms.policy_gradient",
+    "ppo": "irl_jax.algorithms.ppo",
+    "best_of_n": "irl_jax.algorithms.best_of_n",
+    "raft": "irl_jax.algorithms.raft",
+    "online_dpo": "irl_jax.algorithms.online_dpo",
     "pipeline": "irl_jax.algorithms.pipeline",  # stages of the above, in order
 }
 
@@ -75,14 +79,19 @@ def validate_config(
 
 
 def validate_paths(config: ml_collections.ConfigDict) -> None:
-    """The directories that ``config`` reads (``init_from``, ``tokenizer``, the algorithm's)."""
+    """The directories that ``config`` reads (``tokenizer``, ``init_from`` — a complete Hugging
+    Face directory, see ``models.source.hf_dir_problem`` — and the algorithm's), and the
+    sequence lengths against the weights' position table (``config.check_positions``)."""
     import os
 
-    from irl_jax.config import require
+    from irl_jax.config import check_positions, require
+    from irl_jax.models.source import hf_dir_problem
 
-    for field in ("tokenizer", "init_from"):
-        path = config[field]
-        require(not path or os.path.isdir(path), field, f"directory {path!r} does not exist")
+    path = config.tokenizer
+    require(not path or os.path.isdir(path), "tokenizer", f"directory {path!r} does not exist")
+    problem = config.init_from and hf_dir_problem(config.init_from)
+    require(not problem, "init_from", f"{config.init_from!r} {problem}")
+    check_positions(config)
     algorithm = module(config.algorithm)
     if hasattr(algorithm, "validate_paths"):
         algorithm.validate_paths(config)

@@ -28,6 +28,7 @@ from irl_jax.models import ModelConfig, Transformer, hf
 from irl_jax.models import source as model_source
 from irl_jax.train import ModelState, TrainState, create_model, create_state, train_loop
 from irl_jax.train.loop import Evaluate
+from irl_jax.workdir import publish_directory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,15 +291,22 @@ def run(
 ) -> dict[str, float]:
     """``train_loop`` with the config's loop settings. ``data`` is a dict of tokenized arrays
     (batched by ``BatchIterator`` with ``config.batch_size``), or one or several named
-    resumable iterators. ``export(state, WORKDIR/export)`` runs at the end when
-    ``config.export``; by default the trained ``policy`` is exported as a causal-LM directory.
-    Returns the final evaluation's metrics."""
+    resumable iterators. ``export(state, directory)`` runs at the end when ``config.export``;
+    by default the trained ``policy`` is exported as a causal-LM directory. It writes into a
+    temporary directory that becomes ``WORKDIR/export`` only when complete (with
+    ``models.source.COMPLETE_MARKER``), so an interrupted export never leaves a partial
+    ``WORKDIR/export``. Returns the final evaluation's metrics."""
     config = setup.config
     if isinstance(data, Mapping) and all(isinstance(v, np.ndarray) for v in data.values()):
         data = BatchIterator(data, config.batch_size, seed=config.seed)
     if export is None and "policy" in state.models:
         export = export_policy(setup)
     path = os.path.join(workdir, "export")
+
+    def write_export(state: TrainState) -> None:
+        write = lambda directory: export(state, directory)
+        publish_directory(write, path, model_source.COMPLETE_MARKER)
+
     _, final = train_loop(
         state=state,
         state_shardings=shardings,
@@ -308,12 +316,13 @@ def run(
         workdir=workdir,
         num_steps=config.num_steps,
         evaluate=evaluate,
-        export=(lambda state: export(state, path)) if export and config.export else None,
+        export=write_export if export and config.export else None,
         config=config.to_dict(),
         eval_every=config.eval_every,
         log_every=config.log_every,
         checkpoint_every=config.checkpoint_every,
         keep_checkpoints=config.keep_checkpoints,
+        on_nonfinite=config.on_nonfinite,
         description=description,
     )
     return final

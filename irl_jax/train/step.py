@@ -94,7 +94,9 @@ def make_update(
     microbatches in a ``lax.scan`` (peak memory: one microbatch), the loss being
     Σ totals / Σ counts over the microbatches. The loss function gets a key that depends on
     ``rng``, the update index and the microbatch index, and ``context`` (frozen params, a
-    reward source, …) unchanged.
+    reward source, …) unchanged. An update whose loss or gradient norm is not finite is
+    discarded on device (params, optimizer state and update count stay as they were) and
+    counted in the ``nonfinite_updates`` metric, which the loop reads (``on_nonfinite``).
 
     Args:
       loss_fn: ``(params, batch, rng, *context) -> (Loss, metrics)``.
@@ -105,8 +107,9 @@ def make_update(
       schedule: the learning-rate schedule, reported as ``learning_rate`` at the first update.
 
     Returns:
-      The update function. Its metrics (means over the updates): the loss function's, ``loss``
-      and ``grad_norm``; ``learning_rate`` with a schedule.
+      The update function. Its metrics (means over the updates): the loss function's, ``loss``,
+      ``grad_norm`` and ``nonfinite_updates`` (the fraction of updates discarded);
+      ``learning_rate`` with a schedule.
     """
 
     def objective(params, batch, rng, context):
@@ -147,10 +150,21 @@ def make_update(
             index, minibatch = inputs
             key = jax.random.fold_in(loss_key, index)
             loss, metrics, grads = gradients(model.params, minibatch, key, context)
+            grad_norm = optax.global_norm(grads)
             updates, opt_state = optimizer.update(grads, model.opt_state, model.params)
             params = optax.apply_updates(model.params, updates)
-            metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
-            return ModelState(model.step + 1, params, opt_state), metrics
+            # A select, not a branch: fused into the update's elementwise ops; bit-identical
+            # to the plain update when everything is finite.
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            updated = ModelState(model.step + 1, params, opt_state)
+            model = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, model)
+            metrics = {
+                **metrics,
+                "loss": loss,
+                "grad_norm": grad_norm,
+                "nonfinite_updates": 1.0 - finite.astype(jnp.float32),
+            }
+            return model, metrics
 
         def epoch(model, index):
             rows = batch
