@@ -10,7 +10,7 @@ import pytest
 from jax_utils import count_compiles
 
 from irl_jax import algorithms, sharding
-from irl_jax.algorithms import direct, sft
+from irl_jax.algorithms import direct
 from irl_jax.algorithms.implicit_reward import PAIR, add_reference_logps, pair_logps
 from irl_jax.config import ConfigError
 from irl_jax.data.sequences import cyclic_partners, mismatched_pairs
@@ -285,27 +285,9 @@ def test_a_cross_prompt_pair_file_is_refused(tmp_path):
 # ----------------------------------------------------------------------------- the outcome
 
 
-@pytest.fixture(scope="module")
-def sft_export(tmp_path_factory):
-    """A gpt2-tiny SFT'd on the preference task's demonstrations (600 steps: an under-trained
-    policy, e.g. 300 steps, generalizes poorly to the held-out prompts' distractor remarks, and
-    DPO from it drifts far: KL ≈ 30)."""
-    workdir = tmp_path_factory.mktemp("sft")
-    config = algorithms.experiment_config("sft")
-    config.num_steps = 600
-    config.eval_every = 0
-    config.log_every = 50
-    config.data.num_train = 4096
-    config.data.num_eval = 64
-    config.data.max_length = 40
-    config.optimizer.learning_rate = 3e-3
-    sft.train(config, str(workdir))
-    return str(workdir / "export")
-
-
-def test_dpo_beats_the_sft_policy(sft_export, tmp_path):
+def test_dpo_beats_the_sft_policy(preference_sft, tmp_path):
     config = algorithms.experiment_config("direct")
-    config.init_from = sft_export
+    config.init_from = preference_sft
     config.num_steps = 150
     config.batch_size = 32
     config.eval_every = 0

@@ -96,3 +96,77 @@ def test_overlong_penalty():
     np.testing.assert_allclose(
         pg.overlong_penalty(lengths, max_length=10, buffer=4), [0.0, -0.5, -1.0, -1.0]
     )
+
+
+def test_gae_hand_values_and_a_python_loop():
+    """γ = 1, λ = 0.95, two rows of different lengths (3 and 2 response tokens): the value after
+    a row's last token is 0; masked positions get 0."""
+    rewards = jnp.array([[0.0, 0.0, 1.0, 0.0], [0.5, -1.0, 0.0, 0.0]])
+    values = jnp.array([[0.2, 0.4, 0.6, 9.0], [0.1, 0.3, 9.0, 9.0]])
+    mask = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0]])
+    advantages, returns = pg.gae(rewards, values, mask, 1.0, 0.95)
+    # Row 0: δ = [0 + .4 − .2, 0 + .6 − .4, 1 + 0 − .6] = [.2, .2, .4].
+    a2 = 0.4
+    a1 = 0.2 + 0.95 * a2
+    a0 = 0.2 + 0.95 * a1
+    # Row 1: δ = [.5 + .3 − .1, −1 + 0 − .3] = [.7, −1.3].
+    b1 = -1.3
+    b0 = 0.7 + 0.95 * b1
+    np.testing.assert_allclose(advantages, [[a0, a1, a2, 0], [b0, b1, 0, 0]], rtol=1e-6)
+    np.testing.assert_allclose(
+        returns, [[a0 + 0.2, a1 + 0.4, a2 + 0.6, 0], [b0 + 0.1, b1 + 0.3, 0, 0]], rtol=1e-6
+    )
+    # A straightforward loop on random inputs, γ < 1.
+    rng = np.random.default_rng(0)
+    rewards, values = rng.normal(size=(2, 5, 7))
+    lengths = rng.integers(1, 8, 5)
+    mask = (np.arange(7)[None] < lengths[:, None]).astype(np.float32)
+    gamma, lam = 0.9, 0.8
+    expected = np.zeros((5, 7))
+    for i in range(5):
+        n, running = lengths[i], 0.0
+        for t in reversed(range(n)):
+            next_value = values[i, t + 1] if t + 1 < n else 0.0
+            running = rewards[i, t] + gamma * next_value - values[i, t] + gamma * lam * running
+            expected[i, t] = running
+    advantages, returns = pg.gae(jnp.asarray(rewards), jnp.asarray(values), mask, gamma, lam)
+    np.testing.assert_allclose(advantages, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(returns, (expected + values) * mask, rtol=1e-5, atol=1e-6)
+
+
+def test_token_rewards_put_a_sequence_score_on_the_last_token():
+    mask = jnp.array([[1, 1, 1, 0], [1, 0, 0, 0]])
+    np.testing.assert_allclose(
+        pg.token_rewards(jnp.array([2.0, -1.0]), mask), [[0, 0, 2, 0], [-1, 0, 0, 0]]
+    )
+    dense = jnp.arange(8.0).reshape(2, 4)
+    np.testing.assert_allclose(pg.token_rewards(dense, mask), [[0, 1, 2, 0], [4, 0, 0, 0]])
+
+
+def test_clipped_value_loss_and_adaptive_kl_hand_values():
+    values = jnp.array([[1.0, 0.5, 3.0]])
+    old = jnp.array([[0.5, 0.5, 0.0]])
+    returns = jnp.array([[2.0, 1.0, 0.0]])
+    losses, clipped = pg.clipped_value_loss(values, old, returns, clip_eps=0.2)
+    # Token 0: V − V_old = .5 → clipped to .7: max((1 − 2)², (.7 − 2)²) / 2 = 1.69 / 2.
+    # Token 1: unchanged value: (.5 − 1)² / 2. Token 2: max(9, .04) / 2 (the clip does not bind).
+    np.testing.assert_allclose(losses, [[0.845, 0.125, 4.5]], rtol=1e-6)
+    np.testing.assert_array_equal(clipped, [[1.0, 0.0, 0.0]])
+    mask = jnp.array([[1, 1, 0]])
+    loss = pg.value_loss(values, old, returns, mask, 0.2)
+    np.testing.assert_allclose(loss, (0.845 + 0.125) / 2, rtol=1e-6)
+    # β · (1 + clip(e, ±0.2) · n / H): e = (6 − 4)/4 = .5 → .2; e = (1 − 4)/4 → −.2; e = .1.
+    np.testing.assert_allclose(pg.adaptive_kl_coef(0.1, 6.0, 4.0, 64, 640), 0.1 * 1.02)
+    np.testing.assert_allclose(pg.adaptive_kl_coef(0.1, 1.0, 4.0, 64, 640), 0.1 * 0.98)
+    np.testing.assert_allclose(pg.adaptive_kl_coef(0.1, 4.4, 4.0, 64, 640), 0.1 * 1.01)
+
+
+def test_whitening_and_explained_variance():
+    x = jnp.array([[1.0, 2.0, 3.0, 100.0]])
+    mask = jnp.array([[1, 1, 1, 0]])
+    np.testing.assert_allclose(pg.whiten(x, mask), [[-1, 0, 1, 0]], atol=1e-6)
+    np.testing.assert_allclose(pg.whiten(x, mask, shift_mean=False), [[1, 2, 3, 0]], atol=1e-6)
+    targets = jnp.array([[1.0, 2.0, 3.0, 4.0]])
+    assert float(pg.explained_variance(targets, targets, mask)) == 1.0
+    mean = jnp.full((1, 4), 2.0)  # the masked mean predicts nothing
+    np.testing.assert_allclose(pg.explained_variance(mean, targets, mask), 0.0, atol=1e-6)

@@ -108,8 +108,9 @@ def _backbone_params(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh) 
     if not source:
         init_fn = model_source.init_fn(Transformer(cfg), config.seed)
         return sharding_lib.init_sharded(init_fn, mesh)[0]
-    params = model_source.load_params(source, mesh, dict(config.model_overrides))
-    return params.get("transformer", params)
+    return model_source.backbone(
+        model_source.load_params(source, mesh, dict(config.model_overrides))
+    )
 
 
 def cached_embeddings(

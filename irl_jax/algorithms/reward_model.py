@@ -140,17 +140,14 @@ def initial_params(setup: setup_lib.Setup, model: nn.Module) -> tuple[Callable[[
     loaded = setup.load_weights()
     if loaded is None:
         return init_fn, None
-    abstract = jax.eval_shape(init_fn)
     if "score" in loaded:
-        expected = sharding_lib.unbox(abstract)["score"]["kernel"].shape[-1]
+        expected = sharding_lib.unbox(jax.eval_shape(init_fn))["score"]["kernel"].shape[-1]
         heads = loaded["score"]["kernel"].shape[-1]
         message = f"{setup.weights!r} has {heads} score heads, the model {expected}"
         require(heads == expected, "reward_model.num_heads", message)
         return init_fn, loaded
-    shardings = sharding_lib.tree_shardings(abstract["score"], setup.mesh)
-    score = jax.jit(lambda: sharding_lib.unbox(init_fn()["score"]), out_shardings=shardings)()
-    backbone = {name: value for name, value in loaded.items() if name != "lm_head"}
-    return init_fn, {"transformer": backbone, "score": score}
+    score = model_source.fresh_head(init_fn, "score", setup.mesh)
+    return init_fn, {"transformer": model_source.backbone(loaded), "score": score}
 
 
 # ----------------------------------------------------------------------------- losses

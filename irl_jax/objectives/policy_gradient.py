@@ -1,4 +1,5 @@
-"""Critic-free policy-gradient estimators and losses (SURVEY §1, §4).
+"""Policy-gradient estimators and losses (SURVEY §1, §4): critic-free advantages (REINFORCE,
+RLOO, ReMax, GRPO), PPO's GAE and clipped value loss, KL estimators and controllers.
 
 Per-sequence rewards are ``[B]``; per-token quantities ``[B, T]`` are aligned with the response
 tokens and weighted by ``mask`` (1 on real response tokens, EOS included). Group methods lay out
@@ -181,6 +182,123 @@ def aggregate(
     """
     total, count = aggregate_terms(per_token, mask, mode, max_new_tokens)
     return total / jnp.maximum(count, 1.0)
+
+
+def token_rewards(scores: Array, mask: Array) -> Array:
+    """A reward source's output as per-token rewards ``[B, T]``: sequence scores ``[B]`` are
+    placed at each response's last real token (the sparse end-of-sequence reward of the token
+    MDP, SURVEY §1); per-token scores ``[B, T]`` (a dense or shaped source) pass through, masked.
+    """
+    mask = mask.astype(jnp.float32)
+    if scores.ndim == 2:
+        return scores * mask
+    positions = jnp.arange(mask.shape[-1])
+    last = jnp.max(jnp.where(mask > 0, positions, -1), axis=-1)
+    return jnp.where(positions == last[:, None], scores[:, None], 0.0)
+
+
+def gae(
+    token_rewards: Array, values: Array, mask: Array, gamma: float, lam: float
+) -> tuple[Array, Array]:
+    """Generalized advantage estimation (Schulman et al. 2016) over response tokens.
+
+    δ_t = r_t + γ V(s_{t+1}) − V(s_t),  A_t = Σ_l (γλ)^l δ_{t+l} = δ_t + γλ A_{t+1},
+    returns R_t = A_t + V(s_t). ``values[:, t]`` is V(s_t), read at the position that predicts
+    token t. The value after a response's last real token is 0, whether the response ended with
+    EOS or was cut at the generation budget (as TRL does: the episode is over for the update);
+    positions past the end get A = R = 0. Computed by a reverse ``lax.scan`` over T.
+
+    Args:
+      token_rewards, values, mask: ``[B, T]``, aligned with the response tokens.
+      gamma, lam: the discount γ and the GAE λ.
+
+    Returns:
+      ``(advantages, returns)``, both ``[B, T]`` float32, 0 where masked.
+    """
+    mask = mask.astype(jnp.float32)
+    rewards, values = token_rewards * mask, values * mask
+    next_values = jnp.pad(values[:, 1:], ((0, 0), (0, 1)))  # 0 past the last real token
+    deltas = rewards + gamma * next_values - values
+
+    def backward(carry, inputs):
+        delta, live = inputs
+        advantage = (delta + gamma * lam * carry) * live
+        return advantage, advantage
+
+    _, advantages = jax.lax.scan(
+        backward, jnp.zeros(mask.shape[0]), (deltas.T, mask.T), reverse=True
+    )
+    advantages = advantages.T
+    return advantages, (advantages + values) * mask
+
+
+def clipped_value_loss(
+    values: Array, old_values: Array, returns: Array, clip_eps: float
+) -> tuple[Array, Array]:
+    """PPO's clipped value loss per token (the critic's trust region, as in PPO2 / TRL):
+
+    L_t = ½ · max((V_t − R_t)², (V_old,t + clip(V_t − V_old,t, −ε_v, ε_v) − R_t)²).
+
+    Returns:
+      ``(losses [B, T], clipped [B, T])``, ``clipped`` 1 where the clipped term is the larger.
+    """
+    clipped_values = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
+    unclipped_loss = (values - returns) ** 2
+    clipped_loss = (clipped_values - returns) ** 2
+    losses = 0.5 * jnp.maximum(unclipped_loss, clipped_loss)
+    return losses, (clipped_loss > unclipped_loss).astype(jnp.float32)
+
+
+def value_loss(
+    values: Array,
+    old_values: Array,
+    returns: Array,
+    mask: Array,
+    clip_eps: float,
+    mode: str = "token_mean",
+    max_new_tokens: int | None = None,
+) -> Array:
+    """``clipped_value_loss`` aggregated over response tokens like the policy loss
+    (``aggregate`` with ``mode``)."""
+    losses, _ = clipped_value_loss(values, old_values, returns, clip_eps)
+    return aggregate(losses, mask, mode, max_new_tokens)
+
+
+def adaptive_kl_coef(
+    coef: Array | float, kl: Array | float, target: float, n_steps: int, horizon: int
+) -> Array:
+    """Ziegler et al. (2019)'s adaptive KL controller: β ← β · (1 + e · n_steps / horizon) with
+    the proportional error e = clip((KL − KL_target) / KL_target, −0.2, 0.2); KL is the batch's
+    mean sequence KL (Σ_t k1), n_steps the samples in the batch."""
+    error = jnp.clip((kl - target) / target, -0.2, 0.2)
+    return coef * (1.0 + error * n_steps / horizon)
+
+
+def whiten(values: Array, mask: Array, shift_mean: bool = True, eps: float = 1e-8) -> Array:
+    """Standardizes ``values`` over the masked entries: (x − μ)/σ, or (x − μ)/σ + μ without
+    ``shift_mean`` (the mean is kept, as TRL whitens PPO's token rewards); μ, σ are the mean and
+    unbiased std of the masked entries. Masked-out entries are 0."""
+    mask = mask.astype(values.dtype)
+    count = jnp.maximum(mask.sum(), 2.0)
+    mean = jnp.sum(values * mask) / jnp.maximum(mask.sum(), 1.0)
+    variance = jnp.sum(((values - mean) * mask) ** 2) / (count - 1.0)
+    scaled = (values - mean) * jax.lax.rsqrt(variance + eps)
+    if not shift_mean:
+        scaled = scaled + mean
+    return scaled * mask
+
+
+def explained_variance(predictions: Array, targets: Array, mask: Array) -> Array:
+    """1 − Var(targets − predictions) / Var(targets) over the masked entries (1: perfect, 0: no
+    better than the mean, < 0: worse)."""
+    mask = mask.astype(jnp.float32)
+    count = jnp.maximum(mask.sum(), 1.0)
+
+    def variance(x):
+        mean = jnp.sum(x * mask) / count
+        return jnp.sum(((x - mean) * mask) ** 2) / count
+
+    return 1.0 - variance(targets - predictions) / jnp.maximum(variance(targets), 1e-12)
 
 
 def overlong_penalty(lengths: Array, max_length: int, buffer: int) -> Array:
