@@ -192,3 +192,20 @@ def select_groups(
         "groups_with_variance": with_variance / (rounds * num_groups),
     }
     return samples, rewards, metrics
+
+
+def as_sequences(samples: Samples, weights: Array | None = None) -> dict[str, Array]:
+    """The samples as training rows (``irl_jax.data``'s layout, ``[B, P + N]``): ``input_ids``
+    and ``attention_mask`` of the left-padded prompt followed by the response, and a
+    ``loss_mask`` on the response tokens, times ``weights`` ``[B]`` when given (0 drops a
+    response from a loss). Padding on both sides is fine: positions come from the mask."""
+    ids, mask = rewards_lib.concat_prompt_response(
+        samples.prompt_ids, samples.prompt_mask, samples.response_ids, samples.response_mask
+    )
+    targets = samples.response_mask if weights is None else samples.response_mask * weights[:, None]
+    loss_mask = jnp.concatenate([jnp.zeros_like(samples.prompt_mask), targets], axis=1)
+    return {
+        "input_ids": ids.astype(jnp.int32),
+        "attention_mask": mask.astype(jnp.int32),
+        "loss_mask": loss_mask.astype(jnp.int32),
+    }
