@@ -69,7 +69,8 @@ def run(backbone_dir: str, beta: float, pairing: str, loss: str, seed: int) -> d
     settings.cache_dir = os.path.join(_WORKDIR.value, "embedding_cache")
     workdir = os.path.join(_WORKDIR.value, "runs", f"{pairing}-{loss}-beta{beta:g}-seed{seed}")
     shutil.rmtree(workdir, ignore_errors=True)
-    return embedding_rm.train(config, workdir)
+    metrics = embedding_rm.train(config, workdir)
+    return {name.removeprefix("eval/"): value for name, value in metrics.items()}
 
 
 def pooled(runs: list[dict[str, float]], name: str) -> tuple[float, float]:

@@ -9,19 +9,20 @@ helped. Three commands (``quickstart.py`` runs them all as one pipeline):
         --config.init_from=runs/sft/export
     python -m experiments.run --config=experiments/configs/rlhf.py --workdir=runs/rlhf
 
-Reached (CPU, ~40 s for 100 iterations of 16 prompts × 8 responses; 256 held-out prompts): the
-learned reward of samples rises from 5.85 (SFT policy, eval/ref_reward/model_mean) to 8.55 and
-the gold reward from 1.30 ± 0.04 to 2.35 ± 0.04 (eval/reward/gold_mean), win rate 0.86 ± 0.02
-against the SFT policy at eval/kl_mean 7.5 — above DPO's 1.90 on the same preferences
+Reached (CPU, ~45 s for 100 iterations of 16 prompts × 8 responses; 256 held-out prompts): the
+learned reward of samples rises from 2.39 (SFT policy, eval/ref_reward/model_mean) to 5.94 and
+the gold reward from 1.22 ± 0.04 to 1.98 ± 0.06 (eval/reward/gold_mean), win rate 0.77 ± 0.03
+against the SFT policy at eval/kl_mean 16.3 — above DPO's 1.75 on the same preferences
 (``dpo.py``). The KL coefficient sets where on the over-optimization curve the policy lands:
 
     kl_coef   learned reward   gold reward    KL    win rate
-    0.5            7.56        1.91 ± 0.03    1.4     0.77
-    0.2            8.55        2.35 ± 0.04    7.5     0.86
-    0.05           9.89        1.80 ± 0.06   25.1     0.73
+    0.5            4.40        2.03 ± 0.04    3.7     0.82
+    0.2            5.94        1.98 ± 0.06   16.3     0.77
+    0.05           8.18        0.63 ± 0.10   50.1     0.37
 
-At 0.05 the policy exploits the proxy (the highest learned reward, a lower gold reward: long
-responses piling up praise words, "the soup was great indeed very great indeed soulful …").
+At 0.05 the policy exploits the proxy (the highest learned reward, a gold reward below the SFT
+policy's: long responses piling up praise words, "the soup was great indeed very great indeed
+soulful …").
 """
 
 from irl_jax.algorithms import experiment_config

@@ -3,10 +3,10 @@ aggregation (Coste et al. 2023): r = mean_k r_k − λ · var_k r_k.
 
     python -m experiments.run --config=experiments/configs/rm_ensemble.py --workdir=runs/rm_ensemble
 
-Each head is trained with its own Bradley–Terry loss (heads differ by their init). Expected (CPU,
-~40 s): eval/gold_accuracy ≈ 0.82 (measured 0.820), eval/spearman ≈ 0.72 for the aggregated
-reward. WORKDIR/export holds the 4 heads as a 4-label sequence classifier;
-``irl_jax.rewards.reward_model(..., aggregation="uwo")`` scores with it in RL.
+Each head is trained with its own Bradley–Terry loss (heads differ by their init). Measured
+(CPU, ~20 s): eval/gold_accuracy 0.831, eval/spearman 0.73 for the aggregated reward.
+WORKDIR/export holds the 4 heads as a 4-label sequence classifier; RL scores with it through
+``config.reward`` (``source="model"``, ``aggregation="uwo"``, ``uwo_penalty``).
 """
 
 from experiments.configs import rm_bt

@@ -2,8 +2,8 @@
 
     python -m experiments.run --config=experiments/configs/sft.py --workdir=runs/sft
 
-Expected (CPU, ~1 min): eval/nll within 0.1 nats/token of eval/demonstrator_entropy (1.04),
-i.e. eval/nll_gap < 0.1 after 400 steps.
+Expected (CPU, ~20 s): eval/nll within 0.1 nats/token of eval/demonstrator_entropy (1.04),
+i.e. eval/nll_gap < 0.1 after 400 steps (measured 0.030 on held-out prompts).
 """
 
 from irl_jax.algorithms import experiment_config

@@ -7,10 +7,11 @@ reference, and DPO separates the demonstrations (chosen) from the reference's ow
     python -m experiments.run --config=experiments/configs/spin.py --workdir=runs/spin
 
 Reached (CPU, ~1 min; 6 rounds): held-out demonstration eval/nll from 1.45 (the 80-step SFT
-policy) to 1.28; eval/reward/gold_mean from 0.12 ± 0.05 (SFT samples) to 0.42 ± 0.06 over 256
-prompts, win rate 0.60 ± 0.03 against the SFT policy, eval/kl_mean 1.5. With beta=2.0 and rounds
-of 100 steps the iterates drift (KL 30, responses of 14 tokens) and the gold reward collapses
-to −2.2.
+policy) to 1.38; eval/reward/gold_mean from 0.12 ± 0.05 (SFT samples) to 0.21 ± 0.06 over 256
+held-out prompts — within noise — win rate 0.49 ± 0.03 against the SFT policy, eval/kl_mean 1.0
+(with the earlier, repeating evaluation prompts: 0.12 → 0.42, win rate 0.60; there, beta=2.0
+and rounds of 100 steps let the iterates drift, KL 30, responses of 14 tokens, and the gold
+reward collapsed to −2.2).
 """
 
 from irl_jax.algorithms import experiment_config
