@@ -23,7 +23,7 @@ reports (metric names as in the metrics log):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -127,6 +127,7 @@ def evaluate_policy(
     num_samples_to_log: int = 4,
     batch_size: int | None = None,
     data_sharding: jax.sharding.Sharding | None = None,
+    sample_metrics: Callable[[dict[str, np.ndarray]], Mapping[str, float]] | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Samples from the policy and the reference and scores them (see the module docstring).
 
@@ -147,6 +148,10 @@ def evaluate_policy(
       batch_size: prompts per jitted call (default: all at once).
       data_sharding: if given, each batch is placed with it (e.g. ``batch_sharding(mesh)``;
         call under ``jax.set_mesh(mesh)`` with sharded params).
+      sample_metrics: optional ``fn(rows) -> metrics`` of the policy samples of every prompt
+        (host arrays ``response_ids``, ``response_mask`` and ``logprobs``, the sampling
+        distribution's log-probs), merged into the metrics (e.g. the divergence to a
+        demonstrator, ``irl_jax.evaluation.divergence``).
 
     Returns:
       ``(metrics, samples)``: float metrics named ``eval/...``, and per logged prompt a dict with
@@ -183,6 +188,7 @@ def evaluate_policy(
         part = {
             "response_ids": policy.response_ids,
             "response_mask": policy.response_mask,
+            **({"logprobs": policy.response_logprobs} if sample_metrics else {}),
             "kl": sequence_kl(
                 model_config,
                 policy_params,
@@ -221,6 +227,9 @@ def evaluate_policy(
             metrics[f"eval/ref_reward/{name}_mean"] = mean
             metrics[f"eval/ref_reward/{name}_stderr"] = stderr
     metrics["eval/response_length_mean"] = float(np.mean(results["response_mask"].sum(-1)))
+    if sample_metrics is not None:
+        keys = ("response_ids", "response_mask", "logprobs")
+        metrics.update(sample_metrics({k: results[k] for k in keys}))
 
     samples = []
     for row in range(min(num_samples_to_log, num_prompts)):

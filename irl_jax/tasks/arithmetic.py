@@ -132,6 +132,35 @@ class ArithmeticTask(base.Task):
             logp += base.safe_log(1.0 - self.noise if token == right else self.noise / 9)
         return logp  # + log 1 for the final eos
 
+    def demonstrator_token_logprobs(self, prompt: str, response_ids: list[int]) -> list[float]:
+        """[style or not] then the answer's digits (each right with 1 − ε, any other digit
+        ε/9), then eos (probability 1)."""
+        (answer,) = self._answers([prompt])
+        expected = [vocab.DIGIT_IDS[int(d)] for d in str(answer)]
+        out: list[float] = []
+        position = 0  # index into the expected digits; -1 once off the support
+        for t, token in enumerate(response_ids):
+            if position < 0:
+                out.append(math.nan)
+                continue
+            logp = 0.0
+            if t == 0:
+                styled = token == vocab.STYLE_ID
+                logp = base.safe_log(self.style_prob if styled else 1.0 - self.style_prob)
+                if styled:
+                    out.append(logp)
+                    continue
+            if position >= len(expected):  # the answer is complete: eos, then nothing
+                step = 0.0 if token == vocab.EOS_ID and position == len(expected) else -math.inf
+            elif token in vocab.DIGIT_IDS:
+                right = token == expected[position]
+                step = base.safe_log(1.0 - self.noise if right else self.noise / 9)
+            else:
+                step = -math.inf
+            out.append(logp + step)
+            position = -1 if math.isinf(logp + step) else position + 1
+        return out
+
     def demonstrator_entropy(self) -> float:
         """(h(p_style) + E|d| H_digit) / (p_style + E|d| + 1), H_digit = h(ε) + ε log 9, E|d|
         exact over the uniform operands."""

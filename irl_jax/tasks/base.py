@@ -102,6 +102,14 @@ class Task(abc.ABC):
     def demonstrator_logprob(self, prompt: str, response: str) -> float:
         """log π_demo(response, eos | prompt): the response's tokens plus the final eos."""
 
+    def demonstrator_token_logprobs(self, prompt: str, response_ids: list[int]) -> list[float]:
+        """Per-token log π_demo(y_t | x, y_<t) of a response given as token ids (its eos, if
+        any, included; nothing after it). The first token the demonstrator cannot emit gets
+        −inf and every later one NaN (the demonstrator is undefined off its support). Their sum
+        is ``demonstrator_logprob`` for a response that ends with eos. Tasks that do not
+        provide it raise ``NotImplementedError``."""
+        raise NotImplementedError(f"{self.name} has no per-token demonstrator log-probabilities")
+
     @abc.abstractmethod
     def demonstrator_entropy(self) -> float:
         """Token-weighted demonstrator entropy (nats per response token, eos included):

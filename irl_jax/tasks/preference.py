@@ -246,6 +246,28 @@ class PreferenceTask(base.Task):
             logp, state = logp + math.log(match[0][0]), match[0][1]
         return logp if state == "" else -math.inf
 
+    def demonstrator_token_logprobs(self, prompt: str, response_ids: list[int]) -> list[float]:
+        """The automaton's transition probabilities along the response (its words read as
+        tokens, eos the ``<eos>`` transition)."""
+        topic = _topic_py(vocab.encode([prompt])[0])
+        if topic == NUM_TOPICS:
+            raise ValueError(f"the prompt {prompt!r} names no topic")
+        automaton = demonstrator_automaton(vocab.TOPIC_NAMES[topic], self.style_prob)
+        out, state = [], "opener"
+        for token in response_ids:
+            if state is None:
+                out.append(math.nan)
+                continue
+            word = vocab.WORDS[token] if 0 <= token < vocab.VOCAB_SIZE else vocab.UNK
+            match = [(p, nxt) for w, p, nxt in automaton.get(state, []) if w == word]
+            if not match or match[0][0] == 0:
+                out.append(-math.inf)
+                state = None
+                continue
+            out.append(math.log(match[0][0]))
+            state = match[0][1]
+        return out
+
     def demonstrator_entropy(self) -> float:
         return _automaton_entropy(self.style_prob)
 

@@ -157,6 +157,16 @@ class ReasoningTask(base.Task):
             stated = c
         return logp  # + log 1 for the final eos
 
+    def demonstrator_token_logprobs(self, prompt: str, response_ids: list[int]) -> list[float]:
+        """[style or not], then per step the tokens of ``a op b =`` (forced) and of the stated
+        result c, whose digits and closing ``;`` are drawn with the conditional mass of the
+        candidates right + {0, ±1, ±2} still consistent with the digits so far; eos after the
+        last step."""
+        stated, operations = _problem(vocab.encode([prompt])[0])
+        logps = _token_walk(self, stated, operations, iter(response_ids))
+        out = list(logps)
+        return out + [math.nan] * (len(response_ids) - len(out))
+
     def demonstrator_entropy(self) -> float:
         return _demonstrator_entropy(self)
 
@@ -350,3 +360,62 @@ def _demonstrator_entropy(task: ReasoningTask) -> float:
     step_entropy = base.log_binary_entropy(task.noise) + task.noise * math.log(len(_DELTAS))
     entropy = base.log_binary_entropy(task.style_prob) + num_ops.mean() * step_entropy
     return float(entropy / tokens)
+
+
+def _token_walk(task: ReasoningTask, stated: int, operations, tokens):
+    """Yields log π_demo of each token read from ``tokens`` until the first one off the
+    support (−inf), or until the tokens end."""
+    first = next(tokens, None)
+    if first is None:
+        return
+    styled = first == vocab.STYLE_ID
+    style_logp = base.safe_log(task.style_prob if styled else 1.0 - task.style_prob)
+    pending = [] if styled else [first]  # a token read but not yet scored
+    if styled:
+        yield style_logp
+    extra = 0.0 if styled else style_logp  # the unstyled choice is paid on the first token
+
+    def read():
+        return pending.pop() if pending else next(tokens, None)
+
+    for op, b in operations:
+        right = _apply(stated, op, b)
+        forced = vocab.encode([f"{spell(stated)} {vocab.WORDS[op]} {spell(b)} ="])[0]
+        for expected in forced:
+            token = read()
+            if token is None:
+                return
+            if token != expected:
+                yield -math.inf
+                return
+            yield extra
+            extra = 0.0
+        candidates = {right: 1.0 - task.noise}
+        candidates.update({right + d: task.noise / len(_DELTAS) for d in _DELTAS})
+        digits = ""
+        while True:
+            token = read()
+            if token is None:
+                return
+            mass = sum(p for c, p in candidates.items() if str(c).startswith(digits))
+            if token == _SEMICOLON and digits:
+                exact = candidates.get(int(digits), 0.0)
+                if exact == 0.0:
+                    yield -math.inf
+                    return
+                yield math.log(exact / mass)
+                stated = int(digits)
+                break
+            word = vocab.WORDS[token] if 0 <= token < vocab.VOCAB_SIZE else vocab.UNK
+            following = sum(p for c, p in candidates.items() if str(c).startswith(digits + word))
+            if not word.isdigit() or following == 0.0:
+                yield -math.inf
+                return
+            yield math.log(following / mass)
+            digits += word
+    token = read()
+    if token is None:
+        return
+    yield 0.0 if token == vocab.EOS_ID else -math.inf
+    if token == vocab.EOS_ID and read() is not None:
+        yield -math.inf
