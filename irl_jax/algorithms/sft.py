@@ -1,4 +1,9 @@
-"""Supervised fine-tuning (behaviour cloning) through the shared loop."""
+"""Supervised fine-tuning (behaviour cloning) through the shared loop.
+
+``config.sft.corpus`` picks the data: ``demonstrations`` (SFT proper), or ``base_corpus`` — the
+synthetic task's generic text of its language (``Task.base_corpus``: prompt + base response,
+the loss on every token) — which pre-trains the *initial policy* that SFT and AfD start from.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,41 @@ import numpy as np
 
 from irl_jax import sharding as sharding_lib
 from irl_jax.algorithms import setup as setup_lib
+from irl_jax.config import require
 from irl_jax.evaluation.batches import map_rows
 from irl_jax.models import ModelConfig, Transformer
 from irl_jax.objectives.logprobs import masked_sum, next_token_logprobs
 from irl_jax.train import Loss, optimizer_from_config, supervised_step
+
+CORPORA = ("demonstrations", "base_corpus")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """``config.sft``: the training corpus."""
+    return ml_collections.ConfigDict({"corpus": "demonstrations"})
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks ``config.sft``; raises ``ConfigError`` naming the field."""
+    corpus = config.sft.corpus
+    require(corpus in CORPORA, "sft.corpus", f"{corpus!r}; expected one of {CORPORA}")
+    require(
+        corpus == "demonstrations" or setup_lib.task_of(config) is not None,
+        "sft.corpus",
+        "base_corpus needs a synthetic task (data.task, no data.path)",
+    )
+
+
+def load_data(config: ml_collections.ConfigDict, tokenizer: Any):
+    """Tokenized ``(train, eval)`` arrays of ``config.sft.corpus`` (the base corpus: held-out
+    prompts' text for evaluation)."""
+    if config.sft.corpus == "demonstrations":
+        return setup_lib.demonstrations(config, tokenizer)
+    task, data = setup_lib.task_of(config), config.data
+    train = task.base_corpus(data.num_train, data.seed)
+    held_out = task.base_corpus(data.num_eval, data.seed + 1, split="eval")
+    tokenize = lambda texts: setup_lib.tokenize(config, tokenizer, texts, "sft")
+    return tokenize(train), tokenize(held_out)
 
 
 def token_logps(model: Transformer, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
@@ -60,7 +96,7 @@ def token_mean_nll(nll_fn, params: Any, arrays: dict[str, np.ndarray], batch_siz
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs SFT; returns the final evaluation metrics (``eval/nll`` and, on a synthetic task,
     ``eval/nll_gap`` to the demonstrator's entropy)."""
-    setup = setup_lib.setup(config, setup_lib.demonstrations)
+    setup = setup_lib.setup(config, load_data)
     train_arrays, eval_arrays = setup.data
     optimizer, schedule = optimizer_from_config(config.optimizer, config.num_steps)
     state, shardings = setup_lib.policy_state(setup, optimizer, frozen=())
@@ -78,7 +114,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         params = state.models["policy"].params
         nll = token_mean_nll(nll_fn, params, eval_arrays, config.eval_batch_size, setup.mesh)
         metrics = {"nll": nll}
-        if setup.task is not None:
+        if setup.task is not None and config.sft.corpus == "demonstrations":
             metrics["demonstrator_entropy"] = setup.task.demonstrator_entropy()
             metrics["nll_gap"] = metrics["nll"] - metrics["demonstrator_entropy"]
         return metrics, []
