@@ -30,13 +30,17 @@ Reward functions: the library function ``generate`` takes ``rewards={name: fn}``
 the project's reward interface ``fn(prompt_ids, prompt_mask, response_ids, response_mask) ->
 [B]`` (``irl_jax.rewards``: gold rewards, verifiers, learned reward models, sums of these), so
 any reward source plugs in. The command line fills it with ``--task=NAME``: that synthetic task's
-gold reward, as ``reward/gold``.
+gold reward, as ``reward/gold``; and with ``--reward_functions=my_rewards:exact_match,...``
+(``--reward_weights``, as ``config.reward``: ``irl_jax.user_rewards``, given the other columns
+of a ``--prompts`` data file), recorded as ``reward/user`` (their weighted sum) and
+``reward/<function>`` each (``None`` where it returned None).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -47,7 +51,8 @@ import numpy as np
 from absl import logging
 
 from irl_jax import data as data_lib
-from irl_jax import sampling
+from irl_jax import rewards as rewards_lib
+from irl_jax import sampling, user_rewards
 from irl_jax.models.config import ModelConfig
 
 RewardFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -245,7 +250,12 @@ def generate(
         part = {"response_ids": out.response_ids, "response_mask": out.response_mask}
         part["response_logprob"] = out.response_logprobs.sum(axis=-1)
         for name, fn in (rewards or {}).items():
-            part[f"reward/{name}"] = fn(batch_ids, batch_mask, out.response_ids, out.response_mask)
+            response = (out.response_ids, out.response_mask)
+            source = rewards_lib.as_pytree(fn)
+            scores, each = rewards_lib.scores_and_parts(source, batch_ids, batch_mask, *response)
+            part[f"reward/{name}"] = scores
+            part.update({f"reward/{function}": values for function, values in each.items()})
+        user_rewards.raise_pending()  # a user reward function's error on this batch
         parts.append({k: np.asarray(v)[: stop - start] for k, v in jax.device_get(part).items()})
     results = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -263,8 +273,9 @@ def generate(
             "stopped": stopped,
             "response_logprob": float(results["response_logprob"][row]),
         }
-        for name in rewards or {}:
-            record[f"reward/{name}"] = float(results[f"reward/{name}"][row])
+        for name in (k for k in results if k.startswith("reward/")):
+            value = float(results[name][row])
+            record[name] = None if math.isnan(value) else value
         records.append(record)
     return records
 
@@ -296,7 +307,30 @@ def _parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "--task", choices=sorted(TASKS), default=None, help="score with this task's gold reward"
     )
+    parser.add_argument(
+        "--reward_functions",
+        default="",
+        help="score with your reward functions: 'my_rewards:exact_match,checks.py:format_ok'",
+    )
+    parser.add_argument("--reward_weights", default="", help="one weight per function (default 1)")
     return parser
+
+
+def _user_rewards(args: argparse.Namespace, tokenizer: Any) -> Any:
+    """``--reward_functions`` as a reward source, with the other columns of a ``--prompts``
+    data file (e.g. a reference ``answer``) passed to them."""
+    specs = user_rewards.parse_list(args.reward_functions)
+    table = None
+    if args.prompts and not args.prompts.endswith(".txt"):
+        table = user_rewards.row_columns(
+            [args.prompts], tokenizer, args.max_prompt_length, args.max_prompt_length
+        )
+    return user_rewards.user_rewards(
+        specs,
+        tokenizer,
+        weights=user_rewards.parse_weights(args.reward_weights, len(specs)),
+        table=table,
+    )
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -318,6 +352,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         rewards["gold"] = get_task(args.task).gold_reward
     try:
         policy = load_policy(args.model, tokenizer_dir=args.tokenizer, dtype=args.dtype)
+        if args.reward_functions:
+            rewards["user"] = _user_rewards(args, policy.tokenizer)
         records = generate(
             policy,
             [args.prompt] if args.prompt is not None else args.prompts,

@@ -103,6 +103,30 @@ def score(source: Any, samples: Samples) -> Array:
     )
 
 
+def score_parts(source: Any, samples: Samples) -> tuple[Array, dict[str, Array]]:
+    """``score`` and, for user reward functions, each function's rewards ``{name: [B]}`` from
+    the same call (NaN where a function returned None; ``rewards.scores_and_parts``)."""
+    return rewards_lib.scores_and_parts(
+        rewards_lib.as_pytree(source),
+        samples.prompt_ids,
+        samples.prompt_mask,
+        samples.response_ids,
+        samples.response_mask,
+    )
+
+
+def part_means(parts: Mapping[str, Array], weights: Array | None = None) -> dict[str, Array]:
+    """``{"train/reward/<name>_mean": mean}`` of each function's rewards over the rows of
+    weight 1 (default all) where it returned a number (0 where it returned none); named in
+    full, as ``eval/reward/<name>_mean``, since the loop prefixes only names without a slash."""
+    means = {}
+    for name, values in parts.items():
+        valid = ~jnp.isnan(values) if weights is None else ~jnp.isnan(values) & (weights > 0)
+        total = jnp.sum(jnp.where(valid, values, 0.0))
+        means[f"train/reward/{name}_mean"] = total / jnp.maximum(valid.sum(), 1)
+    return means
+
+
 def reference_logprobs(
     model_config: ModelConfig, params: Any, samples: Samples, temperature: float
 ) -> Array:
@@ -156,7 +180,8 @@ def select_groups(
 
     Args:
       draw: ``round -> (samples, rewards)`` of ``num_groups · group_size`` rows (the round's
-        prompts and sampling key are the caller's choice).
+        prompts and sampling key are the caller's choice); ``samples`` may be any pytree of
+        such rows (e.g. with per-function rewards alongside).
       num_groups, group_size: N and G.
       max_rounds: at most this many draws (a ``lax.while_loop``).
 

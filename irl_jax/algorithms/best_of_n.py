@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from irl_jax import rewards as rewards_lib
-from irl_jax import rollout
+from irl_jax import rollout, user_rewards
 from irl_jax import sharding as sharding_lib
 from irl_jax.algorithms import setup as setup_lib
 from irl_jax.config import check_fields, check_reward, check_reward_paths, require
@@ -318,7 +318,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     for index, first in enumerate(range(0, s.num_prompts, s.prompts_per_chunk)):
         rows = slice(first, first + s.prompts_per_chunk)
         with jax.set_mesh(setup.mesh):
-            chunk, _, selection = best_of_n(
+            # checked: raises a user reward function's error once the chunk has run
+            chunk, _, selection = user_rewards.checked(best_of_n)(
                 setup.model_config,
                 params,
                 jax.device_put(prompts["prompt_ids"][rows], data),

@@ -187,7 +187,7 @@ def make_online_step(
             rng=sample_key,
             settings=settings,
         )
-        rewards = rollout.score(source, samples)
+        rewards, parts = rollout.score_parts(source, samples)
         pairs, margins = best_vs_worst(samples, rewards, settings.group_size)
         if uses_reference(s.loss):
             ref = jax.lax.stop_gradient(pair_logps(model, frozen["reference"], pairs))
@@ -197,6 +197,7 @@ def make_online_step(
             reward_mean=rewards.mean(),
             label_margin=masked_mean(margins, pairs["weight"]),
             pair_fraction=pairs["weight"].mean(),
+            **rollout.part_means(parts),
         )
         state = state.with_model("policy", policy)
         return state.replace(step=state.step + 1, frozen=frozen), metrics

@@ -233,7 +233,8 @@ def make_rollout(model_config: ModelConfig, config: ml_collections.ConfigDict):
     trained responses), ``response_length_mean``, ``groups_with_variance`` (fraction of all
     drawn groups whose rewards differ); with dynamic sampling ``fill_rate`` and
     ``sampling_rounds``; with a KL term ``kl`` (mean Σ_t log π_old − log π_ref per response);
-    with ReMax ``greedy_reward_mean``.
+    with ReMax ``greedy_reward_mean``; with user reward functions each one's
+    ``train/reward/<name>_mean``.
     """
     s = config.policy_gradient
     sampling = rollout.SamplingSettings.from_config(config.sampling)
@@ -255,14 +256,15 @@ def make_rollout(model_config: ModelConfig, config: ml_collections.ConfigDict):
                 rng=jax.random.fold_in(rng, round_index),
                 settings=sampling,
             )
-            return samples, rollout.score(source, samples)
+            scores, parts = rollout.score_parts(source, samples)
+            return (samples, parts), scores  # select_groups keeps any pytree of rows
 
         if s.dynamic_sampling:
-            samples, scores, metrics = rollout.select_groups(
+            (samples, parts), scores, metrics = rollout.select_groups(
                 draw, num_groups=num_prompts, group_size=group, max_rounds=s.max_sampling_rounds
             )
         else:
-            samples, scores = draw(0)
+            (samples, parts), scores = draw(0)
             metrics = {}
             if group > 1:
                 metrics["groups_with_variance"] = rollout.group_has_variance(scores, group).mean()
@@ -271,6 +273,7 @@ def make_rollout(model_config: ModelConfig, config: ml_collections.ConfigDict):
         metrics["reward_mean"] = mean
         metrics["reward_std"] = jnp.sqrt(masked_mean((scores - mean) ** 2, trained))
         metrics["response_length_mean"] = masked_mean(samples.lengths.astype(jnp.float32), trained)
+        metrics.update(rollout.part_means(parts, trained))  # each user reward function's mean
 
         rewards, ref_logprobs = scores, jnp.zeros_like(samples.logprobs)
         if s.kl_coef:

@@ -216,7 +216,7 @@ def make_rollout(model_config: ModelConfig, critic: ValueModel, config: ml_colle
             settings=sampling,
         )
         mask = samples.response_mask
-        scores = rollout.score(source, samples)
+        scores, parts = rollout.score_parts(source, samples)
         ref = rollout.reference_logprobs(model_config, reference, samples, sampling.temperature)
         kl_bt = (samples.logprobs - ref) * mask  # k1 per token
         rewards = pg.token_rewards(scores, mask) - kl_coef * kl_bt
@@ -235,6 +235,7 @@ def make_rollout(model_config: ModelConfig, critic: ValueModel, config: ml_colle
             "value_mean": masked_mean(values, mask),
             "explained_variance": pg.explained_variance(values, returns, mask),
             "response_length_mean": samples.lengths.mean(dtype=jnp.float32),
+            **rollout.part_means(parts),
         }
         return Rollout(samples, values, advantages, returns), metrics
 

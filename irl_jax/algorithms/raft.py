@@ -151,7 +151,7 @@ def make_raft_step(
             rng=sample_key,
             settings=settings,
         )
-        rewards = rollout.score(source, samples)
+        rewards, parts = rollout.score_parts(source, samples)
         kept, kept_rewards, keep = select_top_k(
             samples, rewards, settings.group_size, s.keep_top_k, s.min_reward
         )
@@ -161,6 +161,7 @@ def make_raft_step(
             kept_reward_mean=masked_mean(kept_rewards, keep),
             kept_length_mean=masked_mean(kept.lengths.astype(jnp.float32), keep),
             kept_fraction=keep.mean(),
+            **rollout.part_means(parts),
         )
         state = state.with_model("policy", policy)
         return state.replace(step=state.step + 1, frozen=frozen), metrics
