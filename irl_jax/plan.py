@@ -548,6 +548,10 @@ def _flags(argv: Sequence[str]):
         flag_values=values,
     )
     flags.DEFINE_boolean("sampler", True, "Also compile the sampler.", flag_values=values)
+    if any(arg in ("-h", "--help", "--helpshort", "--helpfull") for arg in argv[1:]):
+        print(f"usage: {argv[0]} --config=FILE [--config.FIELD=VALUE ...] [flags]\n\n{__doc__}")
+        print(values.get_help())
+        raise SystemExit(0)
     flags.mark_flag_as_required("config", flag_values=values)
     values(list(argv))
     return values

@@ -177,12 +177,32 @@ def test_two_processes_equal_one(tmp_path, checkpoint, cache):
     assert "process 0 of 1: 8 local cpu devices of 8\n" in single_log
 
 
-def grpo_worker(workdir: str, init_from: str, *distributed: str) -> None:
-    """Trains GRPO (``experiments/configs/grpo.py`` with ``GRPO_OVERRIDES``) like
+# PPO (experiments/configs/ppo.py:gold) on the same task: policy and critic (from the policy's
+# checkpoint: its backbone, a fresh value head) trained in one step, both FSDP-sharded over the
+# two processes; 8 prompts × 2 responses per iteration, two minibatches.
+PPO_OVERRIDES = {
+    **{k: v for k, v in GRPO_OVERRIDES.items() if not k.startswith("policy_gradient.")},
+    "num_steps": 3,
+    "checkpoint_every": 0,
+    "sampling.group_size": 2,
+    "sampling.max_new_tokens": 8,
+    "policy_eval.max_new_tokens": 8,
+    "ppo.num_epochs": 1,
+    "ppo.num_minibatches": 2,
+    "ppo.entropy_coef": 0.01,
+    "ppo.kl_target": 4.0,  # the adaptive β is part of the state too
+    "ppo.critic.optimizer.learning_rate": 3e-3,
+}
+
+
+def rl_worker(algorithm: str, workdir: str, init_from: str, *distributed: str) -> None:
+    """Trains ``algorithm`` (``grpo``: ``experiments/configs/grpo.py`` with ``GRPO_OVERRIDES``;
+    ``ppo``: ``experiments/configs/ppo.py:gold`` with ``PPO_OVERRIDES``) like
     ``experiments.run`` does, without the final policy evaluation: ``evaluate_policy`` fetches
     batch-sharded arrays with ``jax.device_get``, which fails when they span processes."""
-    from experiments.configs import grpo
+    from experiments.configs import grpo, ppo
     from irl_jax.algorithms import policy_gradient, validate_config
+    from irl_jax.algorithms import ppo as ppo_lib
     from irl_jax.algorithms import setup as setup_lib
 
     flags = dict(arg.removeprefix("--").split("=", 1) for arg in distributed)
@@ -191,9 +211,12 @@ def grpo_worker(workdir: str, init_from: str, *distributed: str) -> None:
         int(flags["num_processes"]) if "num_processes" in flags else None,
         int(flags["process_id"]) if "process_id" in flags else None,
     )
-    config = grpo.get_config()
+    config, overrides, train = {
+        "grpo": (grpo.get_config(), GRPO_OVERRIDES, policy_gradient.train),
+        "ppo": (ppo.get_config("gold"), PPO_OVERRIDES, ppo_lib.train),
+    }[algorithm]
     config.init_from = init_from
-    for field, value in GRPO_OVERRIDES.items():
+    for field, value in overrides.items():
         *sections, name = field.split(".")
         node = config
         for section in sections:
@@ -202,12 +225,12 @@ def grpo_worker(workdir: str, init_from: str, *distributed: str) -> None:
     validate_config(config)
     logging.set_verbosity(logging.INFO)
     setup_lib.policy_evaluator = lambda setup, sources=None: lambda params, ref: ({}, [])
-    policy_gradient.train(config, workdir)
+    train(config, workdir)
 
 
 def test_grpo_two_processes_equal_one_and_resume_exactly(tmp_path, checkpoint, cache):
     single, multi = tmp_path / "single", tmp_path / "multi"
-    worker = lambda workdir: [sys.executable, __file__, str(workdir), checkpoint]
+    worker = lambda workdir: [sys.executable, __file__, "grpo", str(workdir), checkpoint]
     started = _start_single(worker(single), cache), _start_pair(worker(multi), cache)
     for workers in started:
         _logs(workers)
@@ -244,6 +267,41 @@ def test_grpo_two_processes_equal_one_and_resume_exactly(tmp_path, checkpoint, c
     again = load_file(str(multi / "export" / "model.safetensors"))
     for name, value in exported.items():
         np.testing.assert_array_equal(again[name], value, err_msg=name)
+
+
+def test_ppo_two_processes_equal_one(tmp_path, checkpoint, cache):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    worker = lambda workdir: [sys.executable, __file__, "ppo", str(workdir), checkpoint]
+    started = _start_single(worker(single), cache), _start_pair(worker(multi), cache)
+    (single_log,), logs = (_logs(workers) for workers in started)
+
+    # The rollout (samples, gold scores, KL-shaped token rewards, values, GAE), the updates of
+    # both models and the adaptive β: every train metric of every iteration.
+    rows_single, rows_multi = _train_rows(single), _train_rows(multi)
+    assert sorted(rows_multi) == [1, 2, 3] and rows_multi[1].keys() == rows_single[1].keys()
+    names = {"train/value_loss", "train/critic_loss", "train/explained_variance", "train/kl_coef"}
+    assert names | {"train/clip_fraction", "train/approx_kl"} <= rows_multi[1].keys()
+    assert min(abs(rows_multi[step]["train/loss"]) for step in rows_multi) > 1e-2
+    assert min(rows_multi[step]["train/value_loss"] for step in rows_multi) > 1e-3
+    assert rows_multi[3]["train/kl_coef"] != rows_multi[1]["train/kl_coef"]
+    for step, row in rows_single.items():
+        for name in ("train/loss", "train/critic_loss"):
+            np.testing.assert_allclose(rows_multi[step][name], row[name], rtol=1e-5, err_msg=name)
+        for name, value in row.items():
+            if name != "train/steps_per_second":
+                np.testing.assert_allclose(
+                    rows_multi[step][name], value, rtol=1e-5, atol=1e-6, err_msg=name
+                )
+    # Adam turns float noise in a near-zero gradient into a ~lr·1e-3 step: as loose as SFT's.
+    _assert_same_export(single, multi, rtol=1e-4, atol=1e-5)
+    # Process 0 alone writes logs and exports; each process read half of the policy's and of
+    # the critic's checkpoint (the same directory: backbone of both).
+    assert len(read_metrics(str(multi))) == len(read_metrics(str(single)))
+    assert len(os.listdir(multi / "tensorboard")) == 1
+    assert "exported the final model" in logs[0] and "exported the final model" not in logs[1]
+    for log in logs:
+        read = re.findall(r"load_pretrained\(.*\): process \d read .* \((\d+)%\)", log)
+        assert len(read) >= 2 and all(45 <= int(percent) <= 55 for percent in read), read
 
 
 # ----------------------------------------------------------------------------- start-up
@@ -359,5 +417,5 @@ def test_a_process_reads_only_the_blocks_of_its_devices(tmp_path, architecture, 
     assert len(halved) >= 1 + config.num_layers * (4 if config.is_gpt2 else 7)
 
 
-if __name__ == "__main__":  # a GRPO worker process of the test above
-    grpo_worker(*sys.argv[1:])
+if __name__ == "__main__":  # a GRPO or PPO worker process of the tests above
+    rl_worker(*sys.argv[1:])

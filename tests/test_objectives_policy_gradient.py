@@ -152,6 +152,13 @@ def test_clipped_value_loss_and_adaptive_kl_hand_values():
     # Token 1: unchanged value: (.5 − 1)² / 2. Token 2: max(9, .04) / 2 (the clip does not bind).
     np.testing.assert_allclose(losses, [[0.845, 0.125, 4.5]], rtol=1e-6)
     np.testing.assert_array_equal(clipped, [[1.0, 0.0, 0.0]])
+    # Inside the trust region nothing counts as clipped, although in float32
+    # −.13 + (.07 − (−.13)) rounds above .07 (which once made the clip fraction noise).
+    value, old_value = jnp.array([[0.07]]), jnp.array([[-0.13]])
+    assert float((old_value + (value - old_value))[0, 0]) != float(value[0, 0])
+    losses, clipped = pg.clipped_value_loss(value, old_value, jnp.array([[2.0]]), clip_eps=0.2)
+    assert float(clipped[0, 0]) == 0.0
+    assert float(losses[0, 0]) == float(0.5 * (value[0, 0] - 2.0) ** 2)
     mask = jnp.array([[1, 1, 0]])
     loss = pg.value_loss(values, old, returns, mask, 0.2)
     np.testing.assert_allclose(loss, (0.845 + 0.125) / 2, rtol=1e-6)

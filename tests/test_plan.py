@@ -38,6 +38,14 @@ def test_parse_sizes_and_meshes():
         plan.parse_bytes("16 gigs")
 
 
+def test_help_lists_the_flags_and_targets(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        plan.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--device_memory" in out and "v4-32" in out and "fake CPU devices" in out
+
+
 def sft_config(model: str, batch_size: int = 8, length: int = 32, **overrides):
     config = sft.get_config()
     config.model = model

@@ -241,8 +241,13 @@ def clipped_value_loss(
 
     Returns:
       ``(losses [B, T], clipped [B, T])``, ``clipped`` 1 where the clipped term is the larger.
+      Inside the trust region the clipped value is V_t itself (not V_old + (V_t − V_old), which
+      rounds), so a clip that does not bind never counts.
     """
-    clipped_values = old_values + jnp.clip(values - old_values, -clip_eps, clip_eps)
+    delta = values - old_values
+    clipped_values = jnp.where(
+        jnp.abs(delta) > clip_eps, old_values + jnp.clip(delta, -clip_eps, clip_eps), values
+    )
     unclipped_loss = (values - returns) ** 2
     clipped_loss = (clipped_values - returns) ** 2
     losses = 0.5 * jnp.maximum(unclipped_loss, clipped_loss)
