@@ -24,7 +24,7 @@ import ml_collections
 
 from irl_jax.models.config import PRESETS
 
-REWARD_SOURCES = ("gold", "verifier", "model")
+REWARD_SOURCES = ("gold", "verifier", "model", "functions")
 RESUME_POLICIES = ("check", "ignore_config")
 ON_NONFINITE = ("stop", "skip_step")
 # Fields that may change when a run resumes (how long it runs, how often it logs, evaluates and
@@ -108,12 +108,23 @@ def reward_config() -> ml_collections.ConfigDict:
     """``config.reward``: the reward source of algorithms that score samples."""
     return ml_collections.ConfigDict(
         {
-            "source": "gold",  # gold | verifier (synthetic tasks) | model (a reward-model export)
-            "model": "",  # source="model": a reward-model export directory (e.g. runs/rm/export)
+            # gold | verifier (synthetic tasks) | model (a reward-model export) | functions
+            "source": "gold",
+            # source="model": a reward-model export directory (e.g. runs/rm/export), or several
+            # separated by commas: an ensemble of independently trained models
+            "model": "",
             "aggregation": "mean",  # an ensemble reward model's mean | wco | uwo
             "uwo_penalty": 0.0,  # uwo's λ on the members' variance
             # A process reward model's response score from its step-boundary scores.
             "step_aggregation": "min",  # mean | min | last
+            # source="functions": user reward functions (irl_jax.user_rewards), e.g.
+            # "my_rewards:exact_match,checks.py:format_ok", summed with `weights` ("1.0,0.2";
+            # "" = all 1); host functions get `timeout` seconds per call (0: none) and run in
+            # `num_workers` processes (0: in this one).
+            "functions": "",
+            "weights": "",
+            "timeout": 300.0,
+            "num_workers": 0,
         }
     )
 
@@ -242,11 +253,41 @@ def check_reward(config: ml_collections.ConfigDict) -> None:
         f"{r.step_aggregation!r} not in {STEP_AGGREGATIONS}",
     )
     require(
-        r.source == "model" or not config.data.path,
+        r.source in ("model", "functions") or not config.data.path,
         "reward.source",
         f"{r.source!r} needs a synthetic task (data.task) with a known reward, not a data file "
-        "(data.path); score file data with a trained reward model: reward.source='model'",
+        "(data.path); score file data with your own reward functions (reward.source="
+        "'functions', reward.functions='my_rewards:exact_match') or a trained reward model "
+        "(reward.source='model')",
     )
+    check_reward_functions(r)
+
+
+def check_reward_functions(r: ml_collections.ConfigDict) -> None:
+    """``reward.functions`` (set exactly when ``reward.source="functions"``) load, and their
+    weights, timeout and workers are valid."""
+    if r.source != "functions":
+        require(
+            not r.functions,
+            "reward.functions",
+            f"is set but reward.source={r.source!r}: set reward.source='functions' to use them",
+        )
+        return
+    from irl_jax import user_rewards
+
+    specs = user_rewards.parse_list(r.functions)
+    require(bool(specs), "reward.functions", "reward.source='functions' needs 'module:function'")
+    try:
+        for spec in specs:
+            user_rewards.load_function(spec)
+    except user_rewards.UserRewardError as e:
+        raise ConfigError(f"config.reward.functions: {e}") from None
+    try:
+        user_rewards.parse_weights(r.weights, len(specs))
+    except user_rewards.UserRewardError as e:
+        raise ConfigError(f"config.reward.weights: {e}") from None
+    require(r.timeout >= 0, "reward.timeout", f"must be >= 0 (0: none), got {r.timeout}")
+    require(r.num_workers >= 0, "reward.num_workers", f"must be >= 0, got {r.num_workers}")
 
 
 def check_minibatches(config: ml_collections.ConfigDict, num_minibatches: int, field: str) -> None:
@@ -272,16 +313,24 @@ def check_reward_paths(config: ml_collections.ConfigDict) -> None:
     from irl_jax.models.source import hf_dir_problem
 
     r = config.reward
-    if r.source == "model":
-        problem = hf_dir_problem(r.model)
+    if r.source != "model":
+        return
+    for path in reward_model_paths(r.model) or [r.model]:
+        problem = hf_dir_problem(path)
         require(
             problem is None,
             "reward.model",
-            f"{r.model!r} {problem}; reward.source="
+            f"{path!r} {problem}; reward.source="
             "'model' scores with a trained reward model: run `python -m experiments.run "
             "--config=experiments/configs/rm_bt.py --workdir=runs/rm` and set "
             "--config.reward.model=runs/rm/export",
         )
+
+
+def reward_model_paths(model: str) -> list[str]:
+    """``reward.model`` as a list of export directories: one, or several separated by commas
+    (an ensemble of independently trained reward models, combined by ``reward.aggregation``)."""
+    return [path.strip() for path in model.split(",") if path.strip()]
 
 
 def validate_base(config: ml_collections.ConfigDict, devices: list | None = None) -> dict[str, int]:

@@ -5,7 +5,8 @@ A reward source is ``fn(prompt_ids, prompt_mask, response_ids, response_mask) ->
 covers the generated tokens, the stopping EOS included. Sources: a synthetic task's gold reward,
 a verifier on decoded text, a learned reward model (or ensemble), weighted sums, a length
 penalty, DAPO's over-long penalty, and running normalization. ``load_reward_model`` turns a
-reward-model export (an ensemble, or a process reward model) into a source.
+reward-model export (an ensemble of heads, or a process reward model) into a source, and
+``load_ensemble`` several independently trained exports into one ensemble source.
 
 A learned reward model is a pytree (``LearnedReward``: its params are leaves), and ``as_pytree``
 wraps a parameter-free source as a leafless one, so that jitted code takes any source as an
@@ -15,6 +16,7 @@ XLA copies on every call: 6x slower for a 64 MiB matrix on this CPU.)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,9 +52,10 @@ class Static:
 
 
 def as_pytree(source: RewardFn) -> Any:
-    """``source`` itself if it is already a pytree source, else ``Static(source)``."""
-    pytrees = (Static, LearnedReward, ProcessReward, WeightedSum)
-    return source if isinstance(source, pytrees) else Static(source)
+    """``source`` itself if it is already a pytree source (a ``flax.struct`` dataclass, e.g.
+    ``LearnedReward`` or the sources of ``irl_jax.policy_rewards``), else ``Static(source)``."""
+    is_struct = getattr(type(source), "_flax_dataclass", False)
+    return source if is_struct else Static(source)
 
 
 @flax.struct.dataclass
@@ -285,9 +288,120 @@ def reward_model(
     return LearnedReward(params, apply_fn, aggregation, penalty)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Members:
+    """The apply functions of independently trained reward models: ``(params_1, …, params_K),
+    ids, mask -> [B, K]``, one forward per member (their shapes may differ)."""
+
+    apply_fns: tuple[Callable[[Any, Array, Array], Array], ...]
+
+    def __call__(self, params: tuple[Any, ...], ids: Array, mask: Array) -> Array:
+        scores = [fn(p, ids, mask) for fn, p in zip(self.apply_fns, params, strict=True)]
+        return jnp.stack([s if s.ndim == 1 else s.mean(axis=-1) for s in scores], axis=-1)
+
+
+def load_ensemble(
+    paths: Sequence[str],
+    *,
+    mesh: jax.sharding.Mesh,
+    vocab_size: int,
+    aggregation: str = "mean",
+    uwo_penalty: float = 0.0,
+    overrides: dict[str, Any] | None = None,
+) -> LearnedReward:
+    """Independently trained reward models (Coste et al. 2024: different seeds and data orders,
+    full models — not heads on one shared backbone, whose disagreement is understated) as one
+    ensemble source: each member scores the sequence (a member with several heads contributes
+    their mean), and the ``[B, K]`` scores are combined by ``aggregation`` (mean / wco / uwo
+    with ``uwo_penalty`` λ), like the heads of one ``RewardModel``.
+
+    Raises:
+      ValueError: fewer than two paths, or a member is not a sequence reward model (see
+        ``load_reward_model``; the message names the path).
+    """
+    if len(paths) < 2:
+        raise ValueError(f"an ensemble needs two or more reward models, got {list(paths)}")
+    members = []
+    for path in paths:
+        member = load_reward_model(path, mesh=mesh, vocab_size=vocab_size, overrides=overrides)
+        if not isinstance(member, LearnedReward):
+            raise ValueError(f"{path!r} is a process reward model; ensembles take sequence RMs")
+        members.append(member)
+    apply_fn = _Members(tuple(m.apply_fn for m in members))
+    params = tuple(m.params for m in members)
+    return reward_model(apply_fn, params, aggregation=aggregation, penalty=uwo_penalty)
+
+
 def call(source: Any, prompt_ids, prompt_mask, response_ids, response_mask) -> Array:
     """``source(...)`` with the source as an argument: ``jax.jit(call)(as_pytree(fn), ...)``."""
     return source(prompt_ids, prompt_mask, response_ids, response_mask)
+
+
+@flax.struct.dataclass
+class UserRewards:
+    """User reward functions (``irl_jax.user_rewards``, which builds this source): r = Σ_k w_k
+    r_k over the functions that returned a number, as a leafless pytree.
+
+    Attributes:
+      names: each function's metric name.
+      weights: w_k.
+      jitted: per function, the jittable function, or ``None`` for a host function.
+      host: the host functions, in order (``user_rewards.HostFunctions``: numpy ``[B, K]``
+        rewards, NaN for None), called through ``jax.pure_callback``; ``None`` without any.
+    """
+
+    names: tuple[str, ...] = flax.struct.field(pytree_node=False)
+    weights: tuple[float, ...] = flax.struct.field(pytree_node=False)
+    jitted: tuple[Callable[..., Array] | None, ...] = flax.struct.field(pytree_node=False)
+    host: Callable[..., np.ndarray] | None = flax.struct.field(pytree_node=False, default=None)
+
+    def parts(self, prompt_ids, prompt_mask, response_ids, response_mask) -> Array:
+        """``[B, K]`` float32 rewards of each function (NaN where a host function returned
+        None)."""
+        rows = (prompt_ids, prompt_mask, response_ids, response_mask)
+        if self.host is not None:
+            num_host = sum(fn is None for fn in self.jitted)
+            shape = jax.ShapeDtypeStruct((prompt_ids.shape[0], num_host), jnp.float32)
+            host = jax.pure_callback(self.host, shape, *rows, vmap_method="sequential")
+        columns, h = [], 0
+        for fn in self.jitted:
+            if fn is None:
+                columns.append(host[:, h])
+                h += 1
+            else:
+                columns.append(jnp.asarray(fn(*rows), jnp.float32))
+        return jnp.stack(columns, axis=1)
+
+    def scores_and_parts(
+        self, prompt_ids, prompt_mask, response_ids, response_mask
+    ) -> tuple[Array, dict[str, Array]]:
+        """``(Σ_k w_k r_k [B] over the non-None r_k, {name: r_k [B]})``."""
+        parts = self.parts(prompt_ids, prompt_mask, response_ids, response_mask)
+        weighted = parts * jnp.asarray(self.weights, jnp.float32)
+        total = jnp.sum(jnp.where(jnp.isnan(parts), 0.0, weighted), axis=1)
+        return total, {name: parts[:, k] for k, name in enumerate(self.names)}
+
+    def __call__(self, prompt_ids, prompt_mask, response_ids, response_mask) -> Array:
+        return self.scores_and_parts(prompt_ids, prompt_mask, response_ids, response_mask)[0]
+
+
+def scores_and_parts(
+    source: Any, prompt_ids, prompt_mask, response_ids, response_mask
+) -> tuple[Array, dict[str, Array]]:
+    """``(source(...), parts)``: ``parts`` are the per-function rewards ``{name: [B]}`` (NaN
+    where a function returned None) of the user reward functions inside ``source``
+    (``irl_jax.user_rewards.UserRewards``, also as a term of a ``WeightedSum``), computed in the
+    same call; ``{}`` for any other source."""
+    rows = (prompt_ids, prompt_mask, response_ids, response_mask)
+    if isinstance(source, WeightedSum):
+        total, parts = 0.0, {}
+        for weight, term in zip(source.weights, source.sources):
+            scores, term_parts = scores_and_parts(term, *rows)
+            total, parts = total + weight * scores, {**parts, **term_parts}
+        return total, parts
+    if hasattr(source, "scores_and_parts"):
+        return source.scores_and_parts(*rows)
+    return source(*rows), {}
 
 
 @flax.struct.dataclass

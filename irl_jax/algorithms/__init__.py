@@ -19,6 +19,8 @@ from irl_jax.config import ConfigError, base_config, check_keys, validate_base
 # algorithm name -> module (imported on first use).
 MODULES = {
     "sft": "irl_jax.algorithms.sft",
+    "iq_learn": "irl_jax.algorithms.iq_learn",
+    "afd": "irl_jax.algorithms.afd",
     "reward_model": "irl_jax.algorithms.reward_model",
     "embedding_rm": "irl_jax.algorithms.embedding_rm",
     "direct": "irl_jax.algorithms.direct",
@@ -28,6 +30,7 @@ MODULES = {
     "best_of_n": "irl_jax.algorithms.best_of_n",
     "raft": "irl_jax.algorithms.raft",
     "online_dpo": "irl_jax.algorithms.online_dpo",
+    "adversarial": "irl_jax.algorithms.adversarial",  # GAIL / AIRL / FAIRL (adversarial.divergence)
     "pipeline": "irl_jax.algorithms.pipeline",  # stages of the above, in order
 }
 

@@ -22,7 +22,8 @@ from jax.experimental import multihost_utils
 
 from irl_jax import rewards as rewards_lib
 from irl_jax import sharding as sharding_lib
-from irl_jax.config import ConfigError
+from irl_jax import user_rewards
+from irl_jax.config import ConfigError, reward_model_paths
 from irl_jax.data.iterator import BatchIterator
 from irl_jax.models import ModelConfig, Transformer, hf
 from irl_jax.models import source as model_source
@@ -195,9 +196,28 @@ def prompt_arrays(
 
 def reward_source(setup: Setup) -> tuple[str, Any]:
     """``(name, source)`` of ``config.reward``: the task's gold reward (``gold``), its text
-    checker on decoded strings (``verifier``), or a reward-model export (``model``; a process
-    reward model is named ``prm_<step_aggregation>``)."""
+    checker on decoded strings (``verifier``), a reward-model export or several exports
+    combined as one ensemble (``model``; a process reward model is named
+    ``prm_<step_aggregation>``) or the user's reward functions
+    (``user``: ``irl_jax.user_rewards``, which also logs each function's mean)."""
     r = setup.config.reward
+    if r.source == "functions":
+        try:
+            return "user", user_rewards.from_config(setup.config, setup.tokenizer)
+        except user_rewards.UserRewardError as e:
+            raise ConfigError(f"config.reward.functions: {e}") from None
+    if r.source == "model" and len(paths := reward_model_paths(r.model)) > 1:
+        try:
+            return "model", rewards_lib.load_ensemble(
+                paths,
+                mesh=setup.mesh,
+                vocab_size=setup.model_config.vocab_size,
+                aggregation=r.aggregation,
+                uwo_penalty=r.uwo_penalty,
+                overrides=setup.overrides,
+            )
+        except ValueError as e:
+            raise ConfigError(f"config.reward.model: {e}") from None
     if r.source == "model":
         try:
             source = rewards_lib.load_reward_model(
@@ -231,7 +251,8 @@ def policy_evaluator(
 ) -> Callable[[Any, Any], tuple[dict[str, float], list[dict[str, Any]]]]:
     """``(params, ref_params) -> (metrics, samples)``: the policy against the reference on
     ``config.policy_eval`` held-out prompts (gold reward, ``reward_sources``, KL, win rate) via
-    ``irl_jax.evaluation.evaluate_policy``."""
+    ``irl_jax.evaluation.evaluate_policy``, and on a synthetic task the divergences to its
+    demonstrator (``demonstrator_divergence``)."""
     from irl_jax.evaluation import evaluate_policy
 
     config = setup.config
@@ -242,10 +263,11 @@ def policy_evaluator(
     sources = {**gold_sources(setup), **(reward_sources or {})}
     batch_size = min(settings.batch_size, len(prompts["prompt_ids"]))
     data = sharding_lib.batch_sharding(setup.mesh)
+    divergence = demonstrator_divergence(setup, len(prompts["prompt_ids"]), batch_size)
 
     def evaluate(params, ref_params):
         with jax.set_mesh(setup.mesh):
-            return evaluate_policy(
+            metrics, samples = evaluate_policy(
                 setup.model_config,
                 params,
                 ref_params,
@@ -259,9 +281,37 @@ def policy_evaluator(
                 num_samples_to_log=settings.num_samples_to_log,
                 batch_size=batch_size,
                 data_sharding=data,
+                sample_metrics=divergence.samples if divergence else None,
             )
+            if divergence:
+                metrics.update(divergence.forward(params))
+            return metrics, samples
 
     return evaluate
+
+
+def demonstrator_divergence(setup: Setup, num_prompts: int, batch_size: int) -> Any:
+    """``irl_jax.evaluation.divergence.DemonstratorDivergence`` for ``policy_evaluator``'s
+    prompts (and as many held-out demonstrations), or ``None`` without a synthetic task whose
+    demonstrator gives per-token log-probabilities."""
+    from irl_jax.algorithms.sft import make_nll_fn
+    from irl_jax.evaluation import divergence
+
+    task, config = setup.task, setup.config
+    if task is None or not divergence.has_token_logprobs(task):
+        return None
+    texts = task.prompts(num_prompts, config.data.seed + 7, split="eval")  # prompt_arrays' rows
+    held_out = task.demonstrations(num_prompts, config.data.seed + 1, split="eval")
+    return divergence.DemonstratorDivergence(
+        task,
+        texts,
+        {"prompt": held_out["prompt"], "completion": held_out["completion"]},
+        tokenize(config, setup.tokenizer, held_out, "sft"),
+        make_nll_fn(setup.model_config, setup.mesh),
+        vocab_size=setup.model_config.vocab_size,
+        batch_size=batch_size,
+        mesh=setup.mesh,
+    )
 
 
 # ----------------------------------------------------------------------------- running
@@ -307,15 +357,19 @@ def run(
         write = lambda directory: export(state, directory)
         publish_directory(write, path, model_source.COMPLETE_MARKER)
 
+    # A user reward function's error is raised once the step (or evaluation) that met it has
+    # run, before its state is saved (this waits for each step: only with such functions).
+    uses_functions = "reward" in config and config.reward.source == "functions"
+    checked = user_rewards.checked if uses_functions else (lambda fn: fn)
     _, final = train_loop(
         state=state,
         state_shardings=shardings,
-        train_step=step,
+        train_step=checked(step),
         batches=data,
         mesh=setup.mesh,
         workdir=workdir,
         num_steps=config.num_steps,
-        evaluate=evaluate,
+        evaluate=checked(evaluate) if evaluate is not None else None,
         export=write_export if export and config.export else None,
         config=config.to_dict(),
         eval_every=config.eval_every,

@@ -1,0 +1,287 @@
+"""Reward-model ensembles against over-optimization (Coste et al. 2024; SURVEY §6): one reward
+model vs K independently trained ones (mean, worst-case WCO, uncertainty-weighted UWO) vs K
+heads on one shared backbone, under ~25 % flipped preference labels.
+
+    python -m experiments.ensembles --workdir=runs/ensembles
+    python -m experiments.ensembles --smoke   # the reduced size the test suite runs
+
+Steps (each a normal run directory under WORKDIR, reused by a rerun):
+
+1. the SFT policy into WORKDIR/sft, unless ``--sft`` names one;
+2. ``--members`` Bradley–Terry reward models (``rm_bt.py``, from scratch) on the same labelled
+   pairs (β_ann = ``--beta_ann``: 1 flips ~26 % of the labels), each with its own seed (init and
+   data order), and one ``--members``-head ensemble on a shared backbone (``rm_ensemble.py``);
+3. on held-out same-prompt pairs with gold labels: the members' correlation and their margin
+   variance on the pairs the ensemble mean ranks wrongly vs rightly (``evaluation.ensemble``),
+   for the independent and the shared-backbone ensemble;
+4. Best-of-N (N ≤ ``--max_n``) and GRPO at a small KL coefficient (``--kl_coef``, evaluated every
+   ``--eval_every`` iterations) from the SFT policy against each proxy: the first member alone,
+   the independent ensemble's mean / WCO / UWO (λ = ``--uwo_penalty``), the shared heads' UWO;
+5. the gold reward at matched KL (linear interpolation between evaluations).
+
+Writes WORKDIR/ensembles.json and WORKDIR/ensembles.png (gold reward against KL for Best-of-N
+and RL, one line per proxy) and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+from absl import app, flags, logging
+
+from experiments.configs import best_of_n, rlhf, rm_bt, rm_ensemble, sft
+
+_WORKDIR = flags.DEFINE_string("workdir", "runs/ensembles", "Runs and results.")
+_SFT = flags.DEFINE_string("sft", "", "SFT policy export (default: trained into WORKDIR/sft).")
+_MEMBERS = flags.DEFINE_integer("members", 4, "Ensemble members (independent models / heads).")
+_BETA_ANN = flags.DEFINE_float("beta_ann", 1.0, "Annotation β: labels ~ σ(β_ann Δr*).")
+_UWO = flags.DEFINE_float("uwo_penalty", 1.0, "UWO's λ on the members' variance.")
+_MAX_N = flags.DEFINE_integer("max_n", 256, "Best-of-N up to this N (draws per prompt).")
+_BON_PROMPTS = flags.DEFINE_integer("bon_prompts", 64, "Held-out prompts for Best-of-N.")
+_KL_COEF = flags.DEFINE_float("kl_coef", 0.02, "GRPO's KL coefficient (small: go far).")
+_RL_STEPS = flags.DEFINE_integer("rl_steps", 150, "GRPO iterations.")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 15, "GRPO iterations between evaluations.")
+_PAIRS = flags.DEFINE_integer("pairs", 1024, "Held-out pairs for the agreement metrics.")
+_PROXIES = flags.DEFINE_list(
+    "proxies", ["single", "mean", "wco", "uwo", "shared uwo"], "Proxies to optimize against."
+)
+_SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes end to end (the test suite's run).")
+
+MATCHED_KL = (2.0, 5.0, 10.0, 20.0, 30.0)
+
+
+def _run(config, workdir: str) -> dict[str, float]:
+    from irl_jax import algorithms
+
+    config.checkpoint_every = 0
+    if _SMOKE.value:
+        config.num_steps, config.eval_every = min(config.num_steps, 4), 0
+        config.data.num_train = min(config.data.num_train, 256)
+        config.data.num_eval = min(config.data.num_eval, 64)
+        if "policy_eval" in config:
+            config.policy_eval.num_prompts = 16
+    return algorithms.run(config, workdir)
+
+
+def sft_policy(workdir: str) -> str:
+    if _SFT.value:
+        return _SFT.value
+    _run(sft.get_config(), os.path.join(workdir, "sft"))
+    return os.path.join(workdir, "sft", "export")
+
+
+def reward_models(workdir: str) -> tuple[list[str], str]:
+    """The independent members' exports and the shared-backbone ensemble's export."""
+    paths = []
+    for k in range(_MEMBERS.value):
+        config = rm_bt.get_config()
+        config.seed = k  # init and data order; the labelled pairs are the same
+        config.reward_model.beta_ann = _BETA_ANN.value
+        if _SMOKE.value:
+            config.reward_model.num_eval_prompts = 16
+        _run(config, os.path.join(workdir, f"member_{k}"))
+        paths.append(os.path.join(workdir, f"member_{k}", "export"))
+    config = rm_ensemble.get_config()
+    config.reward_model.num_heads = _MEMBERS.value
+    config.reward_model.beta_ann = _BETA_ANN.value
+    if _SMOKE.value:
+        config.reward_model.num_eval_prompts = 16
+    _run(config, os.path.join(workdir, "shared"))
+    return paths, os.path.join(workdir, "shared", "export")
+
+
+def agreement(member_paths: list[str], shared_path: str) -> dict[str, dict[str, float]]:
+    """Disagreement metrics of both ensembles on held-out same-prompt pairs (gold-labelled)."""
+    import jax
+
+    from irl_jax import rewards, sharding
+    from irl_jax.algorithms import setup as setup_lib
+    from irl_jax.evaluation import ensemble
+    from irl_jax.evaluation.batches import map_rows
+    from irl_jax.evaluation.reward import sequence_gold, side_arrays
+
+    config = rm_bt.get_config()
+    setup = setup_lib.setup(config)
+    task, mesh = setup.task, setup.mesh
+    pairs, _ = task.preferences(_PAIRS.value, 12345, float("inf"), "same_prompt", split="eval")
+    arrays = setup_lib.tokenize(config, setup.tokenizer, pairs, "preference")
+    sides = [side_arrays(arrays, side) for side in ("chosen", "rejected")]
+    gold = [
+        sequence_gold(task.gold_reward, a["input_ids"], a["attention_mask"], a["loss_mask"])
+        for a in sides
+    ]
+    load = dict(mesh=mesh, vocab_size=setup.model_config.vocab_size)
+    sources = {
+        "independent": rewards.load_ensemble(member_paths, **load),
+        "shared": rewards.load_reward_model(shared_path, **load),
+    }
+    out = {}
+    for name, source in sources.items():
+        score = jax.jit(
+            lambda params, batch, source=source: source.apply_fn(
+                params, batch["input_ids"], batch["attention_mask"]
+            ),
+            out_shardings=sharding.replicated(mesh),
+        )
+        chosen, rejected = (map_rows(score, source.params, a, 64, mesh) for a in sides)
+        out[name] = ensemble.disagreement(chosen, rejected, *gold)
+    return out
+
+
+def proxies(member_paths: list[str], shared_path: str) -> dict[str, tuple[str, str, float]]:
+    """name → (reward.model, reward.aggregation, reward.uwo_penalty)."""
+    members = ",".join(member_paths)
+    return {
+        "single": (member_paths[0], "mean", 0.0),
+        "mean": (members, "mean", 0.0),
+        "wco": (members, "wco", 0.0),
+        "uwo": (members, "uwo", _UWO.value),
+        "shared uwo": (shared_path, "uwo", _UWO.value),
+    }
+
+
+def _set_reward(config, proxy: tuple[str, str, float]) -> None:
+    config.reward.model, config.reward.aggregation, config.reward.uwo_penalty = proxy
+
+
+def bon_points(workdir: str, policy: str, name: str, proxy) -> dict:
+    config = best_of_n.get_config()
+    config.init_from = policy
+    _set_reward(config, proxy)
+    s = config.best_of_n
+    s.max_n, s.num_prompts = _MAX_N.value, _BON_PROMPTS.value
+    s.prompts_per_chunk = min(s.prompts_per_chunk, _BON_PROMPTS.value)
+    s.samples_per_chunk = min(s.samples_per_chunk, _MAX_N.value)
+    s.soft_beta = 0.0
+    run_dir = os.path.join(workdir, f"bon_{name.replace(' ', '_')}")
+    _run(config, run_dir)
+    with open(os.path.join(run_dir, "best_of_n.json"), encoding="utf-8") as f:
+        rows = json.load(f)["best_of_n"]
+    return {  # the exact KL where the draws allow it (N ≤ max_n / 4), else the bound
+        "n": [r["n"] for r in rows],
+        "kl": [r["kl_bound"] if r["kl_exact"] is None else r["kl_exact"] for r in rows],
+        "gold": [r["gold_mean"] for r in rows],
+        "gold_stderr": [r["gold_stderr"] for r in rows],
+        "proxy": [r["proxy_mean"] for r in rows],
+    }
+
+
+def rl_points(workdir: str, policy: str, name: str, proxy) -> dict:
+    from irl_jax.metrics import read_metrics
+
+    config = rlhf.get_config()
+    config.init_from = policy
+    _set_reward(config, proxy)
+    config.num_steps, config.eval_every = _RL_STEPS.value, _EVAL_EVERY.value
+    config.policy_eval.num_prompts = 128
+    config.policy_gradient.kl_coef = _KL_COEF.value
+    if _SMOKE.value:
+        config.batch_size = 8
+    run_dir = os.path.join(workdir, f"grpo_{name.replace(' ', '_')}")
+    _run(config, run_dir)
+    rows = [r for r in read_metrics(run_dir) if "eval/kl_mean" in r]
+    return {
+        "step": [r["step"] for r in rows],
+        "kl": [r["eval/kl_mean"] for r in rows],
+        "gold": [r["eval/reward/gold_mean"] for r in rows],
+        "gold_stderr": [r["eval/reward/gold_stderr"] for r in rows],
+        "proxy": [r["eval/reward/model_mean"] for r in rows],
+        "sft_gold": rows[0]["eval/ref_reward/gold_mean"] if rows else float("nan"),
+    }
+
+
+def at_kl(points: dict, kl: float) -> float:
+    """The gold reward at ``kl`` nats, interpolated between measured points (NaN outside their
+    range: a first evaluation already past ``kl`` says nothing about it)."""
+    x, y = np.asarray(points["kl"]), np.asarray(points["gold"])
+    order = np.argsort(x)
+    x, y = x[order], y[order]
+    if not len(x) or kl > x[-1] or kl < x[0]:
+        return float("nan")
+    return float(np.interp(kl, x, y))
+
+
+def markdown(results: dict, seconds: float) -> str:
+    lines = [
+        f"Reward-model ensembles (`python -m experiments.ensembles`, {seconds / 60:.1f} min; "
+        f"β_ann = {_BETA_ANN.value:g}, {_MEMBERS.value} members).",
+        "",
+        "| ensemble | member correlation (mean / max) | margin variance, wrongly / rightly "
+        "ranked pairs | wrongly ranked |",
+        "|---|---|---|---|",
+    ]
+    for name, a in results["agreement"].items():
+        lines.append(
+            f"| {name} | {a['mean_correlation']:.3f} / {a['max_correlation']:.3f} | "
+            f"{a['var_wrong']:.3f} / {a['var_right']:.3f} | {a['wrong_fraction']:.3f} |"
+        )
+    header = " | ".join(f"KL {kl:g}" for kl in MATCHED_KL)
+    for method in ("bon", "grpo"):
+        lines += [
+            "",
+            f"**{'Best-of-N' if method == 'bon' else 'GRPO'}: gold reward at matched KL "
+            "(nats), peak gold, and gold / KL at the end**",
+            "",
+            f"| proxy | {header} | peak gold (at KL) | last gold | last KL |",
+            "|---" * (len(MATCHED_KL) + 4) + "|",
+        ]
+        for name, by_method in results["proxies"].items():
+            p = by_method[method]
+            cells = " | ".join(f"{at_kl(p, kl):.3f}" for kl in MATCHED_KL)
+            best = int(np.argmax(p["gold"]))
+            lines.append(
+                f"| {name} | {cells} | {p['gold'][best]:.3f} ({p['kl'][best]:.1f}) | "
+                f"{p['gold'][-1]:.3f} ± {p['gold_stderr'][-1]:.3f} | {p['kl'][-1]:.1f} |"
+            )
+    return "\n".join(lines).replace("nan", "—") + "\n"
+
+
+def plot(results: dict, path: str) -> None:
+    from irl_jax import plots
+
+    runs = {
+        name: {
+            "Best-of-N": (m["bon"]["kl"], m["bon"]["gold"], m["bon"]["gold_stderr"]),
+            "GRPO": (m["grpo"]["kl"], m["grpo"]["gold"], m["grpo"]["gold_stderr"]),
+        }
+        for name, m in results["proxies"].items()
+    }
+    plots.metric_grid(
+        runs,
+        ["Best-of-N", "GRPO"],
+        path,
+        xlabel="KL(π ‖ π_SFT), nats",
+        title=f"Gold reward against KL, proxies trained with β_ann = {_BETA_ANN.value:g}",
+    )
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    if _SMOKE.value:
+        flags.FLAGS.members, flags.FLAGS.max_n, flags.FLAGS.bon_prompts = 2, 4, 8
+        flags.FLAGS.rl_steps, flags.FLAGS.eval_every, flags.FLAGS.pairs = 4, 2, 64
+    start = time.perf_counter()
+    workdir = _WORKDIR.value
+    policy = sft_policy(workdir)
+    member_paths, shared_path = reward_models(workdir)
+    results = {"agreement": agreement(member_paths, shared_path), "proxies": {}}
+    for name, proxy in proxies(member_paths, shared_path).items():
+        if name not in _PROXIES.value:
+            continue
+        results["proxies"][name] = {
+            "bon": bon_points(workdir, policy, name, proxy),
+            "grpo": rl_points(workdir, policy, name, proxy),
+        }
+    seconds = time.perf_counter() - start
+    with open(os.path.join(workdir, "ensembles.json"), "w", encoding="utf-8") as f:
+        json.dump({"seconds": seconds, **results}, f, indent=1)
+    plot(results, os.path.join(workdir, "ensembles.png"))
+    print(markdown(results, seconds))
+
+
+if __name__ == "__main__":
+    app.run(main)

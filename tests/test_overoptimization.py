@@ -1,0 +1,85 @@
+"""Gao et al. curve fits (irl_jax.evaluation.overoptimization)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from irl_jax.evaluation import overoptimization as oo
+
+
+@pytest.mark.parametrize("form, alpha, beta", [("bon", 1.3, 0.4), ("rl", 0.9, 0.35)])
+def test_fits_recover_alpha_and_beta_from_noisy_points(form, alpha, beta):
+    rng = np.random.default_rng(0)
+    d = np.linspace(0.05, 6.0, 40)
+    reward = oo.curve(form, d, alpha, beta) + rng.normal(0.0, 0.02, d.shape)
+    fit = oo.fit(form, d, reward)
+    assert fit.alpha == pytest.approx(alpha, rel=0.05)
+    assert fit.beta == pytest.approx(beta, rel=0.05)
+    assert fit.r2 > 0.99
+    # the peak of the fitted curve is where its derivative vanishes
+    eps = 1e-4
+    assert fit(fit.peak_d - eps) < fit(fit.peak_d) > fit(fit.peak_d + eps)
+
+
+def test_peaks_in_closed_form():
+    assert oo.peak_distance("bon", 1.0, 0.25) == pytest.approx(2.0)
+    assert oo.peak_distance("rl", 1.0, 0.5) == pytest.approx(math.e)  # exp(α/β − 1)
+    assert oo.peak_distance("rl", 1.0, -0.1) == math.inf
+    fit = oo.fit("bon", [1.0, 2.0], [1.0, 2.0])  # a straight line: β = 0, no peak
+    assert fit.beta == pytest.approx(0.0, abs=1e-12) and fit.peak_reward == math.inf
+
+
+def test_exact_points_fit_exactly():
+    d = np.array([0.5, 1.0, 2.0])
+    fit = oo.fit("rl", d, d * (2.0 - 0.5 * np.log(d)))
+    assert (fit.alpha, fit.beta, fit.r2) == pytest.approx((2.0, 0.5, 1.0))
+
+
+def test_bon_distance():
+    assert oo.bon_distance(1) == 0.0
+    assert oo.bon_distance(4) == pytest.approx(math.sqrt(math.log(4) - 0.75))
+
+
+@pytest.mark.parametrize(
+    "form, d, reward, message",
+    [
+        ("exp", [1, 2], [1, 2], "form must be one of"),
+        ("bon", [1], [1], "two or more"),
+        ("bon", [1, -1], [1, 2], ">= 0"),
+        ("rl", [1, 2], [1, np.nan], "finite"),
+    ],
+)
+def test_bad_points(form, d, reward, message):
+    with pytest.raises(ValueError, match=message):
+        oo.fit(form, d, reward)
+
+
+def test_driver_runs_end_to_end_in_its_smoke_size(tmp_path):
+    """SFT → a proxy RM → Best-of-N, GRPO and PPO against it → fits, JSON and PNG."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "-m", "experiments.overoptimization", "--smoke"]
+    command += [f"--workdir={tmp_path}", "--sizes=small", "--rl=grpo,ppo"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| small | ppo |" in result.stdout
+    with open(tmp_path / "overoptimization.json") as f:
+        results = json.load(f)["results"]["small"]
+    assert set(results) == {"bon", "grpo", "ppo"}
+    bon = results["bon"]["points"]
+    assert bon["n"] == [1, 2, 3, 4] and bon["gold"][0] == 0.0
+    np.testing.assert_allclose(bon["d"], oo.bon_distance(np.arange(1, 5)))
+    for method in ("grpo", "ppo"):
+        points = results[method]["points"]
+        assert points["step"] == [2, 4] and min(points["d"]) >= 0.0
+        assert set(results[method]["fit"]) == {"alpha", "beta", "r2", "peak_d", "peak_reward"}
+    from PIL import Image
+
+    with Image.open(tmp_path / "overoptimization.png") as image:
+        assert image.size == (576, 3 * 432)  # one column (one size), three rows (methods)
