@@ -135,13 +135,12 @@ def style_rate(texts: Sequence[str], style_token: str) -> float:
 
 
 def has_token_logprobs(task: Any) -> bool:
-    """Whether ``task`` provides per-token demonstrator log-probabilities."""
-    try:
-        prompt = task.prompts(1, 0)[0]
-        task.demonstrator_token_logprobs(prompt, [])
-    except NotImplementedError:
-        return False
-    return True
+    """Whether ``task`` provides per-token demonstrator log-probabilities (overrides the base
+    class's, which raises ``NotImplementedError``)."""
+    from irl_jax.tasks.base import Task
+
+    method = getattr(type(task), "demonstrator_token_logprobs", None)
+    return method is not None and method is not Task.demonstrator_token_logprobs
 
 
 class DemonstratorDivergence:
