@@ -53,6 +53,7 @@ from absl import logging
 from irl_jax import data as data_lib
 from irl_jax import rewards as rewards_lib
 from irl_jax import sampling, user_rewards
+from irl_jax import sharding as sharding_lib
 from irl_jax.models.config import ModelConfig
 
 RewardFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -256,7 +257,7 @@ def generate(
             part[f"reward/{name}"] = scores
             part.update({f"reward/{function}": values for function, values in each.items()})
         user_rewards.raise_pending()  # a user reward function's error on this batch
-        parts.append({k: np.asarray(v)[: stop - start] for k, v in jax.device_get(part).items()})
+        parts.append({k: v[: stop - start] for k, v in sharding_lib.to_host(part).items()})
     results = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     records = []

@@ -211,6 +211,20 @@ def place(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
+def to_host(tree: Any) -> Any:
+    """Fetches every array of ``tree`` to the host as a whole (numpy): ``jax.device_get`` where
+    this process holds all of it, an all-gather across processes where it spans several (a
+    batch-sharded array of a multi-process run). Every process must call it with the same tree."""
+    from jax.experimental import multihost_utils
+
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(fetch, tree)
+
+
 # A multi-process run's coordinator ``host:port``, process count and this process's index, read
 # from these environment variables when the corresponding flag is not given.
 DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")

@@ -64,6 +64,10 @@ GRPO_OVERRIDES = {
     "mesh_shape.data": 1,
     "mesh_shape.fsdp": 4,
     "mesh_shape.tensor": 2,
+    # The final policy evaluation: batch-sharded samples and scores gathered across processes.
+    "policy_eval.num_prompts": 16,
+    "policy_eval.batch_size": 8,
+    "policy_eval.max_new_tokens": 8,
 }
 
 
@@ -125,6 +129,13 @@ def _logs(workers: list[subprocess.Popen]) -> list[str]:
 def _train_rows(workdir) -> dict[int, dict[str, float]]:
     """The train metrics of each step (the last row written for it)."""
     return {r["step"]: r for r in read_metrics(str(workdir)) if "train/loss" in r}
+
+
+def _eval_row(workdir) -> dict[str, float]:
+    """The metrics of the last policy evaluation."""
+    rows = [r for r in read_metrics(str(workdir)) if "eval/kl_mean" in r]
+    assert rows, f"no policy evaluation logged in {workdir}"
+    return {k: v for k, v in rows[-1].items() if k.startswith("eval/")}
 
 
 def _assert_same_export(a, b, **tolerance) -> None:
@@ -193,17 +204,32 @@ PPO_OVERRIDES = {
     "ppo.kl_target": 4.0,  # the adaptive β is part of the state too
     "ppo.critic.optimizer.learning_rate": 3e-3,
 }
+# AIRL (experiments/configs/airl.py): policy and discriminator (the policy's backbone plus a
+# fresh score head), both FSDP-sharded, the discriminator's replay buffer and running reward
+# statistics in the state; demonstrations of the preference task's demonstrator.
+AIRL_OVERRIDES = {
+    **{k: v for k, v in GRPO_OVERRIDES.items() if not k.startswith("policy_gradient.")},
+    "num_steps": 3,
+    "checkpoint_every": 0,
+    "log_every": 1,
+    "eval_every": 0,
+    "sampling.group_size": 2,
+    "sampling.max_new_tokens": 8,
+    "adversarial.num_demonstrations": 32,
+    "adversarial.demo_batch_size": 16,
+    "adversarial.discriminator.replay_size": 32,
+    "adversarial.discriminator.replay_batch_size": 8,
+}
 
 
 def rl_worker(algorithm: str, workdir: str, init_from: str, *distributed: str) -> None:
     """Trains ``algorithm`` (``grpo``: ``experiments/configs/grpo.py`` with ``GRPO_OVERRIDES``;
-    ``ppo``: ``experiments/configs/ppo.py:gold`` with ``PPO_OVERRIDES``) like
-    ``experiments.run`` does, without the final policy evaluation: ``evaluate_policy`` fetches
-    batch-sharded arrays with ``jax.device_get``, which fails when they span processes."""
-    from experiments.configs import grpo, ppo
-    from irl_jax.algorithms import policy_gradient, validate_config
+    ``ppo``: ``experiments/configs/ppo.py:gold`` with ``PPO_OVERRIDES``; ``airl``:
+    ``experiments/configs/airl.py`` with ``AIRL_OVERRIDES``) like
+    ``experiments.run`` does, final policy evaluation included."""
+    from experiments.configs import airl, grpo, ppo
+    from irl_jax.algorithms import adversarial, policy_gradient, validate_config
     from irl_jax.algorithms import ppo as ppo_lib
-    from irl_jax.algorithms import setup as setup_lib
 
     flags = dict(arg.removeprefix("--").split("=", 1) for arg in distributed)
     sharding.initialize_distributed(
@@ -214,6 +240,7 @@ def rl_worker(algorithm: str, workdir: str, init_from: str, *distributed: str) -
     config, overrides, train = {
         "grpo": (grpo.get_config(), GRPO_OVERRIDES, policy_gradient.train),
         "ppo": (ppo.get_config("gold"), PPO_OVERRIDES, ppo_lib.train),
+        "airl": (airl.get_config(), AIRL_OVERRIDES, adversarial.train),
     }[algorithm]
     config.init_from = init_from
     for field, value in overrides.items():
@@ -224,7 +251,6 @@ def rl_worker(algorithm: str, workdir: str, init_from: str, *distributed: str) -
         node[name] = value
     validate_config(config)
     logging.set_verbosity(logging.INFO)
-    setup_lib.policy_evaluator = lambda setup, sources=None: lambda params, ref: ({}, [])
     train(config, workdir)
 
 
@@ -250,6 +276,12 @@ def test_grpo_two_processes_equal_one_and_resume_exactly(tmp_path, checkpoint, c
                     rows_multi[step][name], value, rtol=1e-5, atol=1e-6, err_msg=name
                 )
     _assert_same_export(single, multi, rtol=1e-5, atol=1e-6)
+    # The final evaluation (samples of both policies gathered across processes, gold reward, KL,
+    # win rate) gives the same numbers.
+    eval_single, eval_multi = _eval_row(single), _eval_row(multi)
+    assert eval_multi.keys() == eval_single.keys() and "eval/win_rate" in eval_multi
+    for name, value in eval_single.items():
+        np.testing.assert_allclose(eval_multi[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
     # Process 0 alone writes logs and exports: one row per step, one TensorBoard file.
     assert len(read_metrics(str(multi))) == len(read_metrics(str(single)))
     assert len(os.listdir(multi / "tensorboard")) == 1
@@ -417,5 +449,30 @@ def test_a_process_reads_only_the_blocks_of_its_devices(tmp_path, architecture, 
     assert len(halved) >= 1 + config.num_layers * (4 if config.is_gpt2 else 7)
 
 
-if __name__ == "__main__":  # a GRPO or PPO worker process of the tests above
+def test_airl_two_processes_equal_one(tmp_path, checkpoint, cache):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    worker = lambda workdir: [sys.executable, __file__, "airl", str(workdir), checkpoint]
+    for workers in (_start_single(worker(single), cache), _start_pair(worker(multi), cache)):
+        _logs(workers)
+
+    # Rollout, discriminator step (demonstrations, fresh and replayed samples), rewards from the
+    # discriminator, the policy step: every train metric of every iteration; the evaluation too.
+    rows_single, rows_multi = _train_rows(single), _train_rows(multi)
+    assert sorted(rows_multi) == [1, 2, 3] and rows_multi[1].keys() == rows_single[1].keys()
+    assert {"train/disc_loss", "train/h_sample_mean", "train/reward_std"} <= rows_multi[1].keys()
+    for step, row in rows_single.items():
+        for name, value in row.items():
+            if name != "train/steps_per_second":
+                np.testing.assert_allclose(
+                    rows_multi[step][name], value, rtol=1e-5, atol=1e-6, err_msg=name
+                )
+    eval_single, eval_multi = _eval_row(single), _eval_row(multi)
+    assert eval_multi.keys() == eval_single.keys()
+    for name, value in eval_single.items():
+        np.testing.assert_allclose(eval_multi[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    _assert_same_export(single, multi, rtol=1e-4, atol=1e-5)
+    assert len(read_metrics(str(multi))) == len(read_metrics(str(single)))
+
+
+if __name__ == "__main__":  # a GRPO, PPO or AIRL worker process of the tests above
     rl_worker(*sys.argv[1:])

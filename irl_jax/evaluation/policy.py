@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irl_jax import rewards as rewards_lib
+from irl_jax import sharding as sharding_lib
 from irl_jax.models.config import ModelConfig
 from irl_jax.objectives.logprobs import sequence_logprobs
 from irl_jax.sampling import sample, teacher_forced_logprobs
@@ -181,7 +182,7 @@ def evaluate_policy(
         ids = _pad_rows(prompt_ids[start:stop], batch_size)
         mask = _pad_rows(prompt_mask[start:stop], batch_size)
         if data_sharding is not None:
-            ids, mask = jax.device_put(ids, data_sharding), jax.device_put(mask, data_sharding)
+            ids, mask = (sharding_lib.place(x, data_sharding) for x in (ids, mask))
         policy_key, ref_key = jax.random.split(jax.random.fold_in(rng, index))
         policy = sample(model_config, policy_params, ids, mask, rng=policy_key, **settings)
         response = (policy.response_ids, policy.response_mask)
@@ -211,8 +212,9 @@ def evaluate_policy(
                     source, ids, mask, ref.response_ids, ref.response_mask
                 )
             part["win"] = win_scores(part[f"reward/{gold_key}"], part[f"ref_reward/{gold_key}"])
-        # One device-to-host transfer per batch, after all its work has been dispatched.
-        parts.append({k: np.asarray(v)[: stop - start] for k, v in jax.device_get(part).items()})
+        # One device-to-host transfer per batch, after all its work has been dispatched (an
+        # all-gather where the batch spans processes).
+        parts.append({k: v[: stop - start] for k, v in sharding_lib.to_host(part).items()})
     results = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
     metrics: dict[str, float] = {"eval/num_samples": float(num_prompts)}
