@@ -11,6 +11,11 @@ reverse KL(π ‖ π_demo), FAIRL on the forward KL(π_demo ‖ π)).
    more steps (a fresh optimizer).
 3. **GAIL, AIRL, FAIRL**: ``experiments/configs/{gail,airl,fairl}.py`` from the start, with the
    same demonstrations, for ``--steps`` iterations.
+4. **BT-RM + GRPO** (``rlhf``, a reference that learns from preferences instead of
+   demonstrations): a Bradley–Terry reward model (``experiments/configs/rm_bt.py``: 4096 noisy
+   preference pairs, from the start's weights) and GRPO against it from the start
+   (``experiments/configs/rlhf.py``) with the adversarial runs' rollout budget (``--steps``
+   iterations of 16 prompts × 4 responses); its train time counts both stages.
 
 Every run saves checkpoints; each is then evaluated with the policy evaluator every algorithm
 uses (256 held-out prompts; the BC start is the reference): gold reward ± stderr, the
@@ -29,7 +34,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from experiments.configs import airl, fairl, gail
+from experiments.configs import airl, fairl, gail, rlhf, rm_bt
 from irl_jax.algorithms import experiment_config
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/imitation_compare", "Runs go here.")
@@ -40,7 +45,9 @@ _BC_MORE_STEPS = flags.DEFINE_integer("bc_more_steps", 1000, "Continued-BC steps
 _STEPS = flags.DEFINE_integer("steps", 100, "Adversarial iterations.")
 _EVAL_POINTS = flags.DEFINE_integer("eval_points", 4, "Evaluated checkpoints per run.")
 _METHODS = flags.DEFINE_list(
-    "methods", ["bc", "gail", "airl", "fairl"], "Runs to compare (also: the VARIANTS)."
+    "methods",
+    ["bc", "gail", "airl", "fairl", "rlhf"],
+    "Runs to compare (also: the VARIANTS).",
 )
 
 ADVERSARIAL = {"gail": gail, "airl": airl, "fairl": fairl}
@@ -102,23 +109,44 @@ def train(name: str, config, train_fn) -> float:
     return seconds
 
 
-def train_adversarial(config, workdir: str) -> None:
-    """``adversarial.train`` without its final evaluation (the checkpoints are evaluated
+def train_without_evaluation(algorithm: str):
+    """``train(config, workdir)`` of the RL ``algorithm`` (``adversarial`` or
+    ``policy_gradient``) without its final policy evaluation (the checkpoints are evaluated
     afterwards, outside the wall time)."""
-    from irl_jax.algorithms import adversarial
+    import importlib
+
     from irl_jax.algorithms import setup as setup_lib
 
-    built = adversarial.build(config)
-    setup_lib.run(
-        built.setup,
-        workdir,
-        state=built.state,
-        shardings=built.shardings,
-        step=built.step,
-        data=built.streams,
-        evaluate=None,
-        description=config.adversarial.divergence,
-    )
+    module = importlib.import_module(f"irl_jax.algorithms.{algorithm}")
+
+    def train_fn(config, workdir: str) -> None:
+        built = module.build(config)
+        setup_lib.run(
+            built.setup,
+            workdir,
+            state=built.state,
+            shardings=built.shardings,
+            step=built.step,
+            data=built.data,
+            evaluate=None,
+            description=algorithm,
+        )
+
+    return train_fn
+
+
+def rlhf_config(start: str, reward_model: str, total: int):
+    """GRPO against the Bradley–Terry reward model from the start, with the adversarial runs'
+    rollouts per iteration (16 prompts × 4 responses of ≤ 24 tokens)."""
+    config = rlhf.get_config()
+    config.init_from = start
+    config.reward.model = reward_model
+    config.num_steps, config.eval_every = total, 0
+    config.checkpoint_every = total // _EVAL_POINTS.value
+    config.keep_checkpoints = 100
+    config.sampling.group_size = airl.adversarial_config("airl").sampling.group_size
+    config.export = False  # the checkpoints are evaluated
+    return config
 
 
 def evaluator(start: str):
@@ -198,7 +226,7 @@ def plot(curves: dict[str, dict[int, dict[str, float]]], times: dict[str, float]
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
-    from irl_jax.algorithms import sft
+    from irl_jax.algorithms import reward_model, sft
 
     root = _WORKDIR.value
     start_dir = os.path.join(root, "bc_start", "export")
@@ -214,6 +242,14 @@ def main(argv: list[str]) -> None:
             total = _BC_MORE_STEPS.value
             config = sft_config(start_dir, total, total // _EVAL_POINTS.value)
             name, fn, label = "continued_bc", sft.train, "continued BC"
+        elif method == "rlhf":
+            rm = rm_bt.get_config()
+            rm.init_from = start_dir
+            times["rlhf_rm"] = train("rlhf_rm", rm, reward_model.train)
+            total = _STEPS.value
+            config = rlhf_config(start_dir, os.path.join(root, "rlhf_rm", "export"), total)
+            name, fn = "rlhf", train_without_evaluation("policy_gradient")
+            label = "BT-RM + GRPO (4096 preference pairs)"
         else:
             base, change, label = VARIANTS.get(method, (method, None, method.upper()))
             total = _STEPS.value
@@ -225,8 +261,8 @@ def main(argv: list[str]) -> None:
             config.export = False  # the checkpoints are evaluated
             if change is not None:
                 change(config)
-            name, fn = method, train_adversarial
-        times[name] = train(name, config, fn)
+            name, fn = method, train_without_evaluation("adversarial")
+        times[name] = train(name, config, fn) + times.get(f"{name}_rm", 0.0)
         results = checkpoint_metrics(name, evaluate, points(total))
         curves[label] = {0: start_metrics, **results}
         rows[label] = (results[total], times[name])

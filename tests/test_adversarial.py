@@ -43,7 +43,7 @@ def run_iterations(config, num, devices=None):
     state, history = built.state, []
     with count_compiles() as compiles:
         for i in range(num):
-            batch = {k: jax.device_put(next(s), data) for k, s in built.streams.items()}
+            batch = {k: jax.device_put(next(s), data) for k, s in built.data.items()}
             state, metrics = built.step(state, batch)
             history.append(jax.device_get(metrics))
             if i == 0:
@@ -88,7 +88,7 @@ def test_kill_and_resume_is_exact_for_both_models_replay_and_streams(tmp_path):
             state=built.state,
             state_shardings=built.shardings,
             train_step=step,
-            batches=built.streams,
+            batches=built.data,
             mesh=built.setup.mesh,
             workdir=str(workdir),
             num_steps=num_steps,

@@ -61,7 +61,7 @@ def run_steps(config, num_steps, devices=None):
 
     def step(state):
         states.append({"models": host(state.models), "frozen": host(state.frozen)})  # (donated)
-        state, metrics = built.step(state, jax.device_put(next(built.batches), data))
+        state, metrics = built.step(state, jax.device_put(next(built.data), data))
         history.append(jax.device_get(metrics))
         return state
 
@@ -133,7 +133,7 @@ def test_kill_and_resume_between_hard_reference_updates_is_exact(tmp_path):
             state=built.state,
             shardings=built.shardings,
             step=compiled[0],
-            data=built.batches,
+            data=built.data,
             evaluate=None,
             description="online_dpo",
         )

@@ -196,10 +196,10 @@ def test_no_recompiles_across_iterations(section, sampling):
     built = policy_gradient.build(config)
     data = sharding.batch_sharding(built.setup.mesh)
     state = built.state
-    state, _ = built.step(state, jax.device_put(next(built.batches), data))
+    state, _ = built.step(state, jax.device_put(next(built.data), data))
     with count_compiles() as compiles:
         for _ in range(3):
-            state, metrics = built.step(state, jax.device_put(next(built.batches), data))
+            state, metrics = built.step(state, jax.device_put(next(built.data), data))
     assert compiles == []
     assert int(state.step) == 4 and np.isfinite(float(metrics["loss"]))
     updates = section.get("num_epochs", 1) * section.get("num_minibatches", 1)

@@ -73,11 +73,11 @@ def run_steps(config, num_steps, devices=None):
     built = raft.build(config, devices)
     data = sharding.batch_sharding(built.setup.mesh)
     state, history = built.state, []
-    state, metrics = built.step(state, jax.device_put(next(built.batches), data))
+    state, metrics = built.step(state, jax.device_put(next(built.data), data))
     history.append(jax.device_get(metrics))
     with count_compiles() as compiles:  # steps 1 … : a round start (step 2) included
         for _ in range(num_steps - 1):
-            state, metrics = built.step(state, jax.device_put(next(built.batches), data))
+            state, metrics = built.step(state, jax.device_put(next(built.data), data))
             history.append(jax.device_get(metrics))
     assert compiles == []
     return jax.device_get(state), history
@@ -123,7 +123,7 @@ def test_kill_and_resume_mid_round_is_exact(tmp_path):
             state=built.state,
             shardings=built.shardings,
             step=compiled[0],
-            data=built.batches,
+            data=built.data,
             evaluate=None,
             description="raft",
         )

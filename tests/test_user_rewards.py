@@ -237,7 +237,7 @@ def test_user_module_drives_grpo_on_a_prompt_file(task_dir, tmp_path, monkeypatc
             state=built.state,
             shardings=built.shardings,
             step=built.step,
-            data=built.batches,
+            data=built.data,
             evaluate=None,  # the example's test evaluates with user functions
             description="grpo",
         )

@@ -31,7 +31,7 @@ is Σ_t r_t = h.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -382,18 +382,7 @@ def make_iteration(
 # ----------------------------------------------------------------------------- training
 
 
-class Built(NamedTuple):
-    """Everything ``train`` wires together (tests drive ``step`` directly)."""
-
-    setup: setup_lib.Setup
-    state: TrainState
-    shardings: TrainState
-    step: Callable[[TrainState, dict[str, dict[str, Array]]], tuple[TrainState, dict]]
-    streams: dict[str, BatchIterator]
-    discriminator: nn.Module
-
-
-def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Built:
+def build(config: ml_collections.ConfigDict, devices: list | None = None) -> setup_lib.Built:
     """The initial state (policy, discriminator, frozen reference, extras with the replay
     buffer), the two data streams (``demos`` and ``prompts``) and the jitted iteration, on a
     mesh over ``devices`` (default: all)."""
@@ -429,7 +418,8 @@ def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Bui
         "demos": BatchIterator(demos, demo_batch_size(config), seed=config.seed + 1),
         "prompts": BatchIterator(prompts, config.batch_size, seed=config.seed),
     }
-    return Built(setup, state, shardings, iteration, streams, discriminator)
+    # The reward is the discriminator's, inside the step: nothing to score in the evaluation.
+    return setup_lib.Built(setup, state, shardings, iteration, streams, "discriminator")
 
 
 def demonstration_arrays(setup: setup_lib.Setup, num: int) -> dict[str, np.ndarray]:
@@ -447,15 +437,4 @@ def demonstration_arrays(setup: setup_lib.Setup, num: int) -> dict[str, np.ndarr
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs adversarial IRL; returns the final policy evaluation (gold reward against the
     reference's, KL, win rate, the divergences to the demonstrator)."""
-    built = build(config)
-    evaluator = setup_lib.policy_evaluator(built.setup)
-    return setup_lib.run(
-        built.setup,
-        workdir,
-        state=built.state,
-        shardings=built.shardings,
-        step=built.step,
-        data=built.streams,
-        evaluate=lambda state: evaluator(state.models["policy"].params, state.frozen["reference"]),
-        description=config.adversarial.divergence,
-    )
+    return setup_lib.train_policy(build(config), workdir, config.adversarial.divergence)

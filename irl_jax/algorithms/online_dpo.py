@@ -25,8 +25,7 @@ reference moves, else the reference): gold and learned reward, KL, win rate.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -205,19 +204,7 @@ def make_online_step(
     return jit_step(step, shardings, mesh, num_args=1)
 
 
-class Built(NamedTuple):
-    """Everything ``train`` wires together (tests drive ``step`` directly)."""
-
-    setup: setup_lib.Setup
-    state: TrainState
-    shardings: TrainState
-    step: Callable[[TrainState, dict[str, Array]], tuple[TrainState, dict]]
-    batches: BatchIterator
-    reward_name: str
-    source: Any
-
-
-def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Built:
+def build(config: ml_collections.ConfigDict, devices: list | None = None) -> setup_lib.Built:
     """The initial state (policy; frozen ``reference`` = the initial policy, plus a separate
     ``initial`` copy for the evaluation when the reference moves), the reward source, the
     prompt iterator and ``step(state, prompt batch) -> (state, metrics)``."""
@@ -235,26 +222,11 @@ def build(config: ml_collections.ConfigDict, devices: list | None = None) -> Bui
     )
     batches = BatchIterator(prompts, config.batch_size, seed=config.seed)
     step = lambda state, batch: online_step(state, batch, source)
-    return Built(setup, state, shardings, step, batches, name, source)
+    return setup_lib.Built(setup, state, shardings, step, batches, name, source)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Runs online DPO; returns the final policy evaluation against the initial policy."""
-    built = build(config)
-    learned = {} if built.reward_name in ("gold", "verifier") else {built.reward_name: built.source}
-    evaluator = setup_lib.policy_evaluator(built.setup, learned)
-
-    def evaluate(state):
-        initial = state.frozen.get("initial", state.frozen["reference"])
-        return evaluator(state.models["policy"].params, initial)
-
-    return setup_lib.run(
-        built.setup,
-        workdir,
-        state=built.state,
-        shardings=built.shardings,
-        step=built.step,
-        data=built.batches,
-        evaluate=evaluate,
-        description=f"online_{config.online_dpo.loss}",
-    )
+    """Runs online DPO; returns the final policy evaluation against the initial policy (the
+    frozen ``initial`` model where the reference is refreshed during training)."""
+    description = f"online_{config.online_dpo.loss}"
+    return setup_lib.train_policy(build(config), workdir, description, baseline="initial")

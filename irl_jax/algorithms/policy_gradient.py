@@ -23,7 +23,7 @@ or k3; k1 has no gradient there and is refused) or in the reward (``kl_in_reward
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.struct
 import jax
@@ -359,19 +359,7 @@ def make_iteration(
     return jit_step(iteration, shardings, mesh, num_args=1)
 
 
-class Built(NamedTuple):
-    """Everything ``train`` wires together (tests drive ``step`` directly)."""
-
-    setup: setup_lib.Setup
-    state: TrainState
-    shardings: TrainState
-    step: Callable[[TrainState, dict[str, Array]], tuple[TrainState, dict]]
-    batches: BatchIterator
-    reward_name: str
-    source: Any  # the training reward source
-
-
-def build(config: ml_collections.ConfigDict) -> Built:
+def build(config: ml_collections.ConfigDict) -> setup_lib.Built:
     """The initial state (policy, frozen reference, extras), the reward source, the prompt
     iterator and the iteration ``step(state, prompt batch) -> (state, metrics)``."""
     s = config.policy_gradient
@@ -390,22 +378,10 @@ def build(config: ml_collections.ConfigDict) -> Built:
     )
     batches = BatchIterator(prompts, prompts_per_iteration(config), seed=config.seed)
     step = lambda state, batch: iteration(state, batch, source)
-    return Built(setup, state, shardings, step, batches, name, source)
+    return setup_lib.Built(setup, state, shardings, step, batches, name, source)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Runs policy-gradient RL; returns the final policy evaluation (``eval/reward/gold_mean``
     ± stderr against the reference's ``eval/ref_reward/gold_mean``, KL, win rate)."""
-    built = build(config)
-    learned = {} if built.reward_name in ("gold", "verifier") else {built.reward_name: built.source}
-    evaluator = setup_lib.policy_evaluator(built.setup, learned)
-    return setup_lib.run(
-        built.setup,
-        workdir,
-        state=built.state,
-        shardings=built.shardings,
-        step=built.step,
-        data=built.batches,
-        evaluate=lambda state: evaluator(state.models["policy"].params, state.frozen["reference"]),
-        description=config.policy_gradient.estimator,
-    )
+    return setup_lib.train_policy(build(config), workdir, config.policy_gradient.estimator)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -380,6 +380,52 @@ def run(
         description=description,
     )
     return final
+
+
+class Built(NamedTuple):
+    """An RL algorithm wired from its config (its ``build``): ``train_policy`` runs it, tests
+    drive ``step`` directly.
+
+    Attributes:
+      data: one resumable ``BatchIterator``, or named ones (``{"prompts": ..., "demos": ...}``).
+      reward_name, source: the training reward source (``reward_source``); a learned one is
+        scored in the policy evaluation too (``"gold"`` / ``"verifier"`` are scored anyway).
+    """
+
+    setup: Setup
+    state: TrainState
+    shardings: TrainState
+    step: Callable[[TrainState, Any], tuple[TrainState, Any]]
+    data: Any
+    reward_name: str = "gold"
+    source: Any = None
+
+
+def train_policy(
+    built: Built, workdir: str, description: str, *, baseline: str = "reference"
+) -> dict[str, float]:
+    """``run`` for an algorithm that trains a ``policy``: evaluated (``policy_evaluator``)
+    against the frozen model ``baseline`` (``reference`` where the state has no such model),
+    exported at the end. Returns the final evaluation."""
+    learned = {}
+    if built.source is not None and built.reward_name not in ("gold", "verifier"):
+        learned = {built.reward_name: built.source}
+    evaluator = policy_evaluator(built.setup, learned)
+
+    def evaluate(state: TrainState):
+        frozen = state.frozen.get(baseline, state.frozen["reference"])
+        return evaluator(state.models["policy"].params, frozen)
+
+    return run(
+        built.setup,
+        workdir,
+        state=built.state,
+        shardings=built.shardings,
+        step=built.step,
+        data=built.data,
+        evaluate=evaluate,
+        description=description,
+    )
 
 
 def export_policy(setup: Setup) -> Callable[[TrainState, str], str]:
