@@ -1,15 +1,20 @@
 """Annotation-noise sweep: Bradley–Terry vs classification reward models, same- vs cross-prompt
-pairs (the companion result of SURVEY §3 / §8: Sun et al. 2024 report classification RMs more
-robust to label noise, and cross-prompt pairs more informative).
+pairs, over annotation noise and annotation quantity (the companion result of SURVEY §3 / §8:
+Sun et al. 2025, "Rethinking Bradley–Terry", report classification RMs more robust to label
+noise, and cross-prompt pairs more informative).
 
-    python -m experiments.noise_sweep            # ~5 min on 2 CPU cores
+    python -m experiments.noise_sweep                  # 4096 pairs (the README's first table)
+    python -m experiments.noise_sweep --quantities=256,1024,4096 --betas=inf,2,0.5 \
+        --data_seeds=3 --out=docs/noise_quantity_sweep
 
-For each β_ann (labels drawn from P(y₁ ≻ y₂) = σ(β_ann Δr*); the resulting flip rate is
-measured), each pairing and each loss, ``embedding_rm`` trains 8 MLP heads (vmapped seeds) on the
-cached embeddings of a frozen SFT backbone (trained first into WORKDIR/sft unless ``--backbone``
-names one), for each of ``--data_seeds`` label/pair draws. Every run is scored on the same kind
-of held-out data: same-prompt pairs (accuracy against gold) and Best-of-4 candidate sets
-(Spearman ρ per prompt). Writes ``OUT.md`` (tables) and ``OUT.png`` (plots) and prints the table.
+For each number of labelled pairs, each β_ann (labels drawn from P(y₁ ≻ y₂) = σ(β_ann Δr*); the
+resulting flip rate is measured), each pairing and each loss, ``embedding_rm`` trains 8 MLP heads
+(vmapped seeds) on the cached embeddings of a frozen SFT backbone (trained first into WORKDIR/sft
+unless ``--backbone`` names one), for each of ``--data_seeds`` label/pair draws. Every run is
+scored on the same kind of held-out data: same-prompt pairs (accuracy against gold) and
+Best-of-4 candidate sets (Spearman ρ per prompt). Cells are the mean over all heads ± the
+standard error over the independent pair/label draws (the 8 heads of one draw share its data).
+Writes ``OUT.md`` (tables) and ``OUT.png`` (plots) and prints the tables.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ _BACKBONE = flags.DEFINE_string(
 _BETAS = flags.DEFINE_list("betas", ["inf", "5", "2", "1", "0.5"], "β_ann values.")
 _DATA_SEEDS = flags.DEFINE_integer("data_seeds", 2, "Pair/label draws per condition.")
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 400, "Head training steps per run.")
-_NUM_TRAIN = flags.DEFINE_integer("num_train", 4096, "Labelled training pairs per run.")
+_QUANTITIES = flags.DEFINE_list("quantities", ["4096"], "Labelled training pairs per run.")
 _OUT = flags.DEFINE_string("out", "docs/noise_sweep", "Writes OUT.md and OUT.png.")
 
 LOSSES = ("bradley_terry", "classification")
@@ -53,7 +58,9 @@ def backbone(workdir: str) -> str:
     return export
 
 
-def run(backbone_dir: str, beta: float, pairing: str, loss: str, seed: int) -> dict[str, float]:
+def run(
+    backbone_dir: str, num_train: int, beta: float, pairing: str, loss: str, seed: int
+) -> dict[str, float]:
     """One ``embedding_rm`` run (8 seeds) in a fresh workdir; returns its final metrics."""
     from irl_jax.algorithms import embedding_rm
 
@@ -63,22 +70,23 @@ def run(backbone_dir: str, beta: float, pairing: str, loss: str, seed: int) -> d
     config.log_every = _NUM_STEPS.value
     config.checkpoint_every = 0
     config.data.seed = 100 * seed
-    config.data.num_train = _NUM_TRAIN.value
+    config.data.num_train = num_train
     settings = config.embedding_rm
     settings.beta_ann, settings.pairing, settings.loss = beta, pairing, loss
     settings.cache_dir = os.path.join(_WORKDIR.value, "embedding_cache")
-    workdir = os.path.join(_WORKDIR.value, "runs", f"{pairing}-{loss}-beta{beta:g}-seed{seed}")
+    name = f"{pairing}-{loss}-beta{beta:g}-n{num_train}-seed{seed}"
+    workdir = os.path.join(_WORKDIR.value, "runs", name)
     shutil.rmtree(workdir, ignore_errors=True)
     metrics = embedding_rm.train(config, workdir)
     return {name.removeprefix("eval/"): value for name, value in metrics.items()}
 
 
 def pooled(runs: list[dict[str, float]], name: str) -> tuple[float, float]:
-    """Mean and std over every head of every run (runs report their seeds' mean and std)."""
+    """The mean over every head of every run, and its standard error over the runs (independent
+    pair/label draws; each run reports its heads' mean)."""
     means = np.array([r[name] for r in runs])
-    stds = np.array([r[f"{name}_std"] for r in runs])
-    mean = means.mean()
-    return float(mean), float(np.sqrt(max(np.mean(stds**2 + means**2) - mean**2, 0.0)))
+    stderr = means.std(ddof=1) / math.sqrt(len(means)) if len(means) > 1 else math.nan
+    return float(means.mean()), float(stderr)
 
 
 def summarize(results: dict[tuple, list[dict[str, float]]], betas: list[float]) -> list[dict]:
@@ -95,8 +103,8 @@ def summarize(results: dict[tuple, list[dict[str, float]]], betas: list[float]) 
     return rows
 
 
-def markdown(rows: list[dict], seconds: float) -> str:
-    """The tables (gold accuracy, Spearman ρ) as markdown."""
+def markdown(tables: dict[int, list[dict]], seconds: float) -> str:
+    """The tables (gold accuracy, Spearman ρ; one pair per quantity) as markdown."""
     columns = [(p, loss) for p in PAIRINGS for loss in LOSSES]
     short = {"bradley_terry": "BT", "classification": "cls", "same_prompt": "same"}
     short["cross_prompt"] = "cross"
@@ -105,40 +113,51 @@ def markdown(rows: list[dict], seconds: float) -> str:
     )
     lines = [
         f"Annotation-noise sweep (`python -m experiments.noise_sweep`, {seconds / 60:.1f} min). "
-        f"Embedding RMs (MLP heads on a frozen SFT gpt2-tiny), {_NUM_TRAIN.value} training "
-        f"pairs, {_DATA_SEEDS.value} pair/label draws × 8 seeds each; mean ± std over all "
-        "8·draws heads. Held-out same-prompt pairs and Best-of-4 candidate sets.",
+        f"Embedding RMs (MLP heads on a frozen SFT gpt2-tiny), {_DATA_SEEDS.value} pair/label "
+        "draws × 8 seeds each; mean over all heads ± stderr over the draws. Held-out "
+        "same-prompt pairs and Best-of-4 candidate sets.",
     ]
-    for name, title in (("gold_accuracy", "Accuracy against gold"), ("spearman", "Spearman ρ")):
-        lines += ["", f"**{title}**", "", header + " |", "|---" * (len(columns) + 2) + "|"]
-        for row in rows:
-            flips = f"{row['flip_same_prompt']:.3f} / {row['flip_cross_prompt']:.3f}"
-            cells = [
-                f"{row[(p, loss, name)][0]:.3f} ± {row[(p, loss, name)][1]:.3f}"
-                for p, loss in columns
-            ]
-            lines.append(f"| {row['beta']:g} | {flips} | " + " | ".join(cells) + " |")
+    for quantity, rows in tables.items():
+        for name, title in (("gold_accuracy", "Accuracy against gold"), ("spearman", "Spearman ρ")):
+            lines += ["", f"**{title}, {quantity} training pairs**", ""]
+            lines += [header + " |", "|---" * (len(columns) + 2) + "|"]
+            for row in rows:
+                flips = f"{row['flip_same_prompt']:.3f} / {row['flip_cross_prompt']:.3f}"
+                cells = [
+                    f"{row[(p, loss, name)][0]:.3f} ± {row[(p, loss, name)][1]:.3f}"
+                    for p, loss in columns
+                ]
+                lines.append(f"| {row['beta']:g} | {flips} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[dict], path: str) -> None:
-    """Both metrics against the measured flip rate, one line per (loss, pairing)."""
+def plot(tables: dict[int, list[dict]], path: str) -> None:
+    """Both metrics against the measured flip rate, one line per (loss, pairing), one pair of
+    panels per quantity."""
     from irl_jax import plots
 
-    curves = {}
-    for pairing in PAIRINGS:
-        flips = [row[f"flip_{pairing}"] for row in rows]
-        for loss in LOSSES:
-            label = f"{loss}, {pairing.replace('_', '-')}"
-            curves[label] = {
-                name: (flips, *np.array([row[(pairing, loss, name)] for row in rows]).T)
-                for name in METRICS
-            }
+    curves, panels = {}, []
+    for quantity, rows in tables.items():
+        panels += [f"{name}, {quantity} pairs" for name in METRICS]
+        for pairing in PAIRINGS:
+            flips = [row[f"flip_{pairing}"] for row in rows]
+            for loss in LOSSES:
+                label = f"{loss}, {pairing.replace('_', '-')}"
+                curves.setdefault(label, {}).update(
+                    {
+                        f"{name}, {quantity} pairs": (
+                            flips,
+                            *np.array([row[(pairing, loss, name)] for row in rows]).T,
+                        )
+                        for name in METRICS
+                    }
+                )
     plots.metric_grid(
         curves,
-        list(METRICS),
+        panels,
         path,
         xlabel="label flip rate (β_ann = ∞ … 0.5)",
+        ncols=len(METRICS),
         title="Embedding reward models under annotation noise",
     )
 
@@ -149,20 +168,28 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     betas = [math.inf if b == "inf" else float(b) for b in _BETAS.value]
     backbone_dir = backbone(_WORKDIR.value)
-    results = {}
-    for pairing in PAIRINGS:
-        for beta in betas:
-            for loss in LOSSES:
-                runs = [run(backbone_dir, beta, pairing, loss, s) for s in range(_DATA_SEEDS.value)]
-                results[(beta, pairing, loss)] = runs
-                mean, std = pooled(runs, METRICS[0])
-                print(f"{pairing} {loss} β_ann={beta:g}: gold accuracy {mean:.3f} ± {std:.3f}")
-    rows = summarize(results, betas)
-    table = markdown(rows, time.perf_counter() - start)
+    tables = {}
+    for quantity in map(int, _QUANTITIES.value):
+        results = {}
+        for pairing in PAIRINGS:
+            for beta in betas:
+                for loss in LOSSES:
+                    runs = [
+                        run(backbone_dir, quantity, beta, pairing, loss, seed)
+                        for seed in range(_DATA_SEEDS.value)
+                    ]
+                    results[(beta, pairing, loss)] = runs
+                    mean, stderr = pooled(runs, METRICS[0])
+                    print(
+                        f"{quantity} pairs, {pairing} {loss} β_ann={beta:g}: "
+                        f"gold accuracy {mean:.3f} ± {stderr:.3f}"
+                    )
+        tables[quantity] = summarize(results, betas)
+    table = markdown(tables, time.perf_counter() - start)
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
     with open(f"{_OUT.value}.md", "w", encoding="utf-8") as f:
         f.write(table)
-    plot(rows, f"{_OUT.value}.png")
+    plot(tables, f"{_OUT.value}.png")
     print(table)
 
 
