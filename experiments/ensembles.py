@@ -132,7 +132,9 @@ def agreement(member_paths: list[str], shared_path: str) -> dict[str, dict[str, 
 
 
 def proxies(member_paths: list[str], shared_path: str) -> dict[str, tuple[str, str, float]]:
-    """name → (reward.model, reward.aggregation, reward.uwo_penalty)."""
+    """name → (reward.model, reward.aggregation, reward.uwo_penalty). ``single`` is member 0
+    alone; ``member k`` (not in the default ``--proxies``) the k-th alone, to tell an ensemble's
+    effect from the luck of one member."""
     members = ",".join(member_paths)
     return {
         "single": (member_paths[0], "mean", 0.0),
@@ -140,6 +142,7 @@ def proxies(member_paths: list[str], shared_path: str) -> dict[str, tuple[str, s
         "wco": (members, "wco", 0.0),
         "uwo": (members, "uwo", _UWO.value),
         "shared uwo": (shared_path, "uwo", _UWO.value),
+        **{f"member {k}": (path, "mean", 0.0) for k, path in enumerate(member_paths) if k},
     }
 
 

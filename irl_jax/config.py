@@ -22,7 +22,8 @@ from typing import Any
 
 import ml_collections
 
-from irl_jax.models.config import PRESETS
+from irl_jax.models.config import PRESETS, REMAT_POLICIES
+from irl_jax.models.lora import DEFAULT_TARGETS, QUANTIZATIONS
 
 REWARD_SOURCES = ("gold", "verifier", "model", "functions")
 RESUME_POLICIES = ("check", "ignore_config")
@@ -89,6 +90,60 @@ def optimizer_config(learning_rate: float = 1e-3) -> ml_collections.ConfigDict:
             "frozen": (),
         }
     )
+
+
+def lora_config() -> ml_collections.ConfigDict:
+    """``config.lora``: LoRA / QLoRA of the trained decoders (``irl_jax.models.lora``);
+    ``rank`` 0 trains every weight (full fine-tuning)."""
+    return ml_collections.ConfigDict(
+        {
+            "rank": 0,
+            "alpha": 16.0,
+            "dropout": 0.0,
+            "targets": DEFAULT_TARGETS,  # regex over Dense module paths (layer_0/attn/q, …)
+            "quantize": "none",  # QLoRA: "int8" or "int4" frozen base kernels
+            "group_size": 64,  # int4 absmax group along the contracted axis
+        }
+    )
+
+
+def lora_settings(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+    """``config.lora`` as ``LoraConfig`` fields, or None when LoRA is off (rank 0)."""
+    section = config.get("lora")
+    if section is None or section.rank == 0:
+        return None
+    return dict(section)
+
+
+def check_lora(section: ml_collections.ConfigDict) -> None:
+    """Checks ``config.lora``; raises ``ConfigError`` naming the field."""
+    import re
+
+    require(section.rank >= 0, "lora.rank", f"must be >= 0, got {section.rank}")
+    require(section.alpha > 0, "lora.alpha", f"must be positive, got {section.alpha}")
+    require(
+        section.dropout == 0,
+        "lora.dropout",
+        f"{section.dropout}: the algorithms' loss functions pass no dropout rng to the model yet "
+        "(LoraDense applies it when one is passed); use 0",
+    )
+    require(
+        section.group_size > 0, "lora.group_size", f"must be positive, got {section.group_size}"
+    )
+    require(
+        section.quantize in QUANTIZATIONS,
+        "lora.quantize",
+        f"{section.quantize!r} not in {QUANTIZATIONS}",
+    )
+    require(
+        section.quantize == "none" or section.rank > 0,
+        "lora.quantize",
+        "a quantized (frozen) base needs adapters to train: set lora.rank > 0",
+    )
+    try:
+        re.compile(section.targets)
+    except re.error as e:
+        raise ConfigError(f"config.lora.targets: {section.targets!r}: not a regex ({e})") from None
 
 
 def sampling_config() -> ml_collections.ConfigDict:
@@ -161,7 +216,8 @@ def base_config(algorithm: str = "sft") -> ml_collections.ConfigDict:
             "dtype": "float32",
             "param_dtype": "float32",
             "scan_layers": False,
-            "remat": False,
+            # A policy of irl_jax.models.config.REMAT_POLICIES ("True" / "False": full / none).
+            "remat": "none",
             "hidden_size": ml_collections.FieldReference(None, field_type=int),
             "num_layers": ml_collections.FieldReference(None, field_type=int),
             "num_heads": ml_collections.FieldReference(None, field_type=int),
@@ -195,6 +251,7 @@ def base_config(algorithm: str = "sft") -> ml_collections.ConfigDict:
         }
     )
     c.optimizer = optimizer_config()
+    c.lora = lora_config()
     c.sampling = sampling_config()
     c.reward = reward_config()
     return c
@@ -401,6 +458,13 @@ def validate_base(config: ml_collections.ConfigDict, devices: list | None = None
         f"{hidden} is not divisible by num_heads={heads} (transformers refuses such a checkpoint)",
     )
     check_optimizer(config.optimizer, "optimizer")
+    check_lora(config.lora)
+    remat = str(overrides.remat)
+    require(
+        remat in REMAT_POLICIES + ("True", "False", "true", "false"),
+        "model_overrides.remat",
+        f"{remat!r} not in {REMAT_POLICIES}",
+    )
     check_sampling(config.sampling)
     require(config.data.max_length > 1, "data.max_length", "must be > 1")
     if config.data.path:

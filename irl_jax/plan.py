@@ -38,8 +38,9 @@ import jax.numpy as jnp
 import ml_collections
 
 from irl_jax import sharding as sharding_lib
-from irl_jax.models import ModelConfig, Transformer, preset
+from irl_jax.models import ModelConfig, Transformer, lora, preset
 from irl_jax.train import ModelState, TrainState, optimizer_from_config
+from irl_jax.train.state import SharedBase
 
 GiB = 1 << 30
 CPU_CAVEAT = "XLA:CPU memory, not the accelerator's: an estimate (fusion and buffers differ)"
@@ -135,7 +136,8 @@ def abstract_model(
 
     def build():
         params = init_params()
-        return ModelState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+        trainable, _ = lora.split(params)  # with LoRA adapters: their optimizer state only
+        return ModelState(jnp.zeros((), jnp.int32), params, optimizer.init(trainable))
 
     boxed = jax.eval_shape(build)
     shardings = sharding_lib.tree_shardings(boxed, mesh)
@@ -146,9 +148,16 @@ def abstract_state(
     mesh, *, models: dict[str, tuple[Any, Any]], frozen=(), extras=None
 ) -> tuple[TrainState, TrainState]:
     """What ``train.create_state`` builds, abstractly: ``models`` name → ``abstract_model``;
-    each name in ``frozen`` is a copy of the ``policy``'s params (the reference)."""
+    each name in ``frozen`` is a copy of the ``policy``'s params (the reference; a LoRA
+    policy's holds only its adapters)."""
     replicated = sharding_lib.replicated(mesh)
     policy, policy_shardings = models.get("policy", (None, None))
+    if policy is not None and lora.has_adapters(policy.params):
+        # A LoRA policy's reference shares its base weights (``train.state.SharedBase``).
+        policy = policy.replace(params=SharedBase(lora.adapters_only(policy.params)))
+        policy_shardings = policy_shardings.replace(
+            params=SharedBase(lora.adapters_only(policy_shardings.params))
+        )
     made = jax.eval_shape(extras) if extras is not None else {}
     shardings = TrainState(
         step=replicated,
@@ -217,7 +226,7 @@ def train_workload(config: ml_collections.ConfigDict, cfg: ModelConfig, mesh) ->
 
     algorithm, rows, length = config.algorithm, config.batch_size, config.data.max_length
     optimizer, schedule = optimizer_from_config(config.optimizer, config.num_steps)
-    backward = 3 + cfg.remat  # forward, backward (2×), and a second forward under remat
+    backward = 3 + (cfg.remat != "none")  # forward, backward (2×), and a second forward under remat
     step_options = dict(grad_accum_steps=config.grad_accum_steps, schedule=schedule)
     policy = lambda: {"policy": abstract_model(init_fn(Transformer(cfg), 0), optimizer, mesh)}
     extra_args: tuple = ()
@@ -470,7 +479,7 @@ def format_report(
     mesh_text = " ".join(f"{k}={v}" for k, v in mesh.shape.items())
     lines = [
         f"{config.algorithm} · {config.model} ({num_params / 1e9:.2f} B params, params "
-        f"{cfg.param_dtype}, compute {cfg.dtype}, remat {'on' if cfg.remat else 'off'}, "
+        f"{cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat}, "
         f"scan {'on' if cfg.scan_layers else 'off'}) · {_batch_text(config)}",
         f"target {target}: {mesh.size} × {mesh.devices.flat[0].device_kind} · mesh {mesh_text} · "
         f"{_gib(memory)} GiB per device",

@@ -6,7 +6,9 @@ covers the generated tokens, the stopping EOS included. Sources: a synthetic tas
 a verifier on decoded text, a learned reward model (or ensemble), weighted sums, a length
 penalty, DAPO's over-long penalty, and running normalization. ``load_reward_model`` turns a
 reward-model export (an ensemble of heads, or a process reward model) into a source, and
-``load_ensemble`` several independently trained exports into one ensemble source.
+``load_ensemble`` several independently trained exports into one ensemble source. Sources of
+dense and shaped per-token rewards ``[B, N]`` (prefix differences, attention-based credit,
+DPO's implicit token reward, potential-based shaping) are in ``irl_jax.dense_rewards``.
 
 A learned reward model is a pytree (``LearnedReward``: its params are leaves), and ``as_pytree``
 wraps a parameter-free source as a leafless one, so that jitted code takes any source as an
@@ -17,6 +19,7 @@ XLA copies on every call: 6x slower for a 64 MiB matrix on this CPU.)
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -237,27 +240,16 @@ def load_reward_model(
         ``vocab_size`` (the reward model reads the policy's token ids).
     """
     import json
-    import os
 
     from absl import logging
 
-    from irl_jax.models import hf
     from irl_jax.models.heads import RewardModel, TokenRewardModel
 
-    cfg, params = hf.load_pretrained(path, mesh=mesh, **(overrides or {}))
-    if "score" not in params:
-        raise ValueError(
-            f"{path!r} is a causal LM, not a reward model (a sequence-classification "
-            "checkpoint with a score head)"
-        )
-    if cfg.vocab_size != vocab_size:
-        raise ValueError(
-            f"{path!r} has a vocabulary of {cfg.vocab_size} tokens, the policy {vocab_size}: "
-            "they must share a tokenizer"
-        )
-    marker = os.path.join(path, PROCESS_MARKER)
-    if os.path.isfile(marker):
-        with open(marker) as f:
+    cfg, params = load_checkpoint(
+        path, mesh=mesh, vocab_size=vocab_size, scorer=True, overrides=overrides
+    )
+    if is_process_reward_model(path):
+        with open(os.path.join(path, PROCESS_MARKER)) as f:
             info = json.load(f)
         logging.info("process reward model from %s (%s over steps)", path, step_aggregation)
         return ProcessReward(
@@ -275,6 +267,44 @@ def load_reward_model(
         aggregation=aggregation if num_heads > 1 else None,
         penalty=uwo_penalty,
     )
+
+
+def load_checkpoint(
+    path: str,
+    *,
+    mesh: jax.sharding.Mesh,
+    vocab_size: int,
+    scorer: bool,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """``(ModelConfig, params)`` of a Hugging Face export that reads the policy's token ids: a
+    reward model (``scorer``: a sequence classifier with a score head) or a causal LM.
+
+    Raises:
+      ValueError: the checkpoint is of the other kind, or its vocabulary differs from the
+        policy's ``vocab_size``.
+    """
+    from irl_jax.models import hf
+
+    cfg, params = hf.load_pretrained(path, mesh=mesh, **(overrides or {}))
+    if scorer and "score" not in params:
+        raise ValueError(
+            f"{path!r} is a causal LM, not a reward model (a sequence-classification "
+            "checkpoint with a score head)"
+        )
+    if not scorer and "score" in params:
+        raise ValueError(f"{path!r} is a reward model, not a causal LM")
+    if cfg.vocab_size != vocab_size:
+        raise ValueError(
+            f"{path!r} has a vocabulary of {cfg.vocab_size} tokens, the policy {vocab_size}: "
+            "they must share a tokenizer"
+        )
+    return cfg, params
+
+
+def is_process_reward_model(path: str) -> bool:
+    """``path`` is a process reward model's export (``PROCESS_MARKER`` in its directory)."""
+    return os.path.isfile(os.path.join(path, PROCESS_MARKER))
 
 
 def reward_model(

@@ -35,6 +35,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("norm", None),
     ("positions", None),
     ("reward_heads", None),
+    ("lora_rank", None),  # LoRA adapters: A [*in, r], B [r, *out] shard like their kernel
     ("act_batch", ("data", "fsdp")),
     ("act_length", None),
     ("act_embed", None),

@@ -10,9 +10,10 @@ from irl_jax.tasks import TASKS, ArithmeticTask, get_task, vocab
 EOS = vocab.EOS_ID
 
 
-def pad_batch(prompts, responses, *, eos=True, prompt_len=20, response_len=48, extra=0):
-    """Left-padded prompt ids/mask and right-padded response ids/mask; ``extra`` adds that many
-    more pad columns on both sides (the result must not change)."""
+def pad_batch(prompts, responses, *, eos=True, prompt_len=32, response_len=128, extra=0):
+    """Left-padded prompt ids/mask and right-padded response ids/mask (wide enough for the
+    long-horizon reasoning task); ``extra`` adds that many more pad columns on both sides (the
+    result must not change)."""
     p_len, r_len = prompt_len + extra, response_len + extra
     p_ids = np.zeros((len(prompts), p_len), np.int32)
     r_ids = np.zeros((len(prompts), r_len), np.int32)
@@ -51,7 +52,7 @@ def mutate(text, rng, edits):
 
 
 def test_get_task_names_the_valid_tasks():
-    assert sorted(TASKS) == ["arithmetic", "preference", "reasoning"]
+    assert sorted(TASKS) == ["arithmetic", "preference", "reasoning", "reasoning_long"]
     assert get_task("preference") is TASKS["preference"]
     with pytest.raises(ValueError, match=r"unknown task 'chess'.*arithmetic.*preference"):
         get_task("chess")
@@ -120,6 +121,22 @@ def test_reasoning_gold_reward_and_step_labels_hand_values():
     assert np.nonzero(np.asarray(boundary[0]))[0].tolist() == [7, 15]
 
 
+def test_reasoning_solutions_with_a_planted_error():
+    """``solve``: the correct solution scores 1 with every step right; a result off by δ in
+    step k makes only step k wrong (the later steps are right given it) and the answer wrong."""
+    task = get_task("reasoning_long")
+    prompts = task.prompts(50, 4)
+    assert all(6 <= p.count("+") + p.count("-") <= 12 for p in prompts)
+    for k, delta in ((0, 2), (3, -1), (5, 20)):
+        planted = [task.solve(p, k, delta) for p in prompts]
+        np.testing.assert_array_equal(task.gold_reward_text(prompts, planted), 0.0)
+        for labels in task.step_labels_text(prompts, planted):
+            assert labels == [j != k for j in range(len(labels))]
+    correct = [task.solve(p) for p in prompts]
+    np.testing.assert_array_equal(both_paths(task, prompts, correct), 1.0)
+    assert all(all(labels) for labels in task.step_labels_text(prompts, correct))
+
+
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_ids_and_text_paths_agree_on_random_and_corrupted_batches(name):
     task = get_task(name)
@@ -131,7 +148,7 @@ def test_ids_and_text_paths_agree_on_random_and_corrupted_batches(name):
     rewards = both_paths(task, prompts, responses)
     assert len(np.unique(rewards)) > 1
     both_paths(task, prompts, responses, eos=False)
-    if name == "reasoning":
+    if name.startswith("reasoning"):
         boundary, labels = jax.jit(task.step_labels)(*pad_batch(prompts, responses))
         text_labels = task.step_labels_text(prompts, responses)
         for row, want in enumerate(text_labels):
@@ -145,6 +162,7 @@ def test_gold_reward_jits_once_and_ignores_padding(name):
     task = get_task(name)
     demos = task.demonstrations(16, 5)
     prompts, responses = demos["prompt"], demos["completion"]
+    chex.clear_trace_counter()  # reasoning and reasoning_long share the traced method
     reward = jax.jit(chex.assert_max_traces(task.gold_reward, n=1))
     first = reward(*pad_batch(prompts, responses))
     again = reward(*pad_batch(prompts[::-1], responses[::-1]))  # same shapes: no retrace

@@ -59,6 +59,7 @@ from irl_jax.models import ModelConfig, Transformer
 from irl_jax.models import source as model_source
 from irl_jax.objectives import direct as objectives
 from irl_jax.train import Loss, optimizer_from_config, supervised_step
+from irl_jax.train.state import attach
 
 LOSSES = (*PAIRWISE_LOSSES, "kto")
 
@@ -256,7 +257,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     if reference and section.precompute_reference:
         batch_size, cfg = config.eval_batch_size, setup.model_config
         prefixes = ("", "kl_") if section.loss == "kto" else PAIR
-        ref_params = state.frozen["reference"]
+        ref_params = attach(state).frozen["reference"]  # full params, also under LoRA
         train_arrays = add_reference_logps(
             cfg, ref_params, train_arrays, prefixes, batch_size, setup.mesh
         )

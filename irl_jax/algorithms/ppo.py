@@ -6,7 +6,8 @@ optimizer ``config.ppo.critic.optimizer``) — plus the frozen reference π_ref 
 coefficient β (``extras["kl_coef"]``, adapted by Ziegler et al.'s controller when
 ``kl_target > 0``). One iteration is one jitted step composed of the rollout stages:
 
-    sample y ~ π_θ(·|x) (``config.sampling``) → score with ``config.reward`` ([B] or [B, T])
+    sample y ~ π_θ(·|x) (``config.sampling``) → score with ``config.reward`` ([B], or [B, T]
+      per-token credit from ``ppo.reward_shaping``: prefix differences, ABC, RTO, a potential)
     → r_t = −β·k1_t + (the sequence score at the last real token) + (any per-token score),
       k1_t = log π_old − log π_ref → V(s_t) from the critic → GAE (γ, λ) → A_t, R_t
     → ``num_epochs × num_minibatches`` updates of π_θ on the clipped surrogate with per-token
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from irl_jax import rollout
+from irl_jax.algorithms import reward_shaping
 from irl_jax.algorithms import setup as setup_lib
 from irl_jax.config import (
     check_fields,
@@ -81,6 +83,7 @@ def default_config() -> ml_collections.ConfigDict:
             "entropy_coef": 0.0,
             "num_epochs": 4,
             "num_minibatches": 4,
+            "reward_shaping": reward_shaping.default_config(),
             "critic": {
                 "init": "policy",  # policy | reward_model | fresh
                 "path": "",  # the HF directory to start from ("": the policy's / reward.model)
@@ -105,6 +108,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         },
     )
     check_fields(s.critic, "ppo.critic", choices={"init": CRITIC_INITS})
+    reward_shaping.validate(config)
     check_optimizer(s.critic.optimizer, "ppo.critic.optimizer")
     for field in ("gamma", "lam"):
         require(0 <= s[field] <= 1, f"ppo.{field}", f"must be in [0, 1], got {s[field]}")
@@ -123,8 +127,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def validate_paths(config: ml_collections.ConfigDict) -> None:
-    """A learned reward and an explicit critic directory must exist."""
+    """A learned reward, a DPO export and an explicit critic directory must exist."""
     check_reward_paths(config)
+    reward_shaping.validate_paths(config)
     path = config.ppo.critic.path
     require(
         not path or model_source.is_hf_dir(path),
@@ -375,7 +380,8 @@ def make_iteration(
 
 def build(config: ml_collections.ConfigDict, devices: list | None = None):
     """``(setup, state, shardings, step, prompt iterator, (reward name, source))`` on a mesh over
-    ``devices`` (default: all)."""
+    ``devices`` (default: all); the step trains on that source's token rewards
+    (``reward_shaping.source``)."""
     s = config.ppo
     setup = setup_lib.setup(config, devices=devices)
     updates = config.num_steps * s.num_epochs * s.num_minibatches
@@ -389,6 +395,7 @@ def build(config: ml_collections.ConfigDict, devices: list | None = None):
         extras=lambda: {"kl_coef": jnp.float32(s.kl_coef)},
     )
     reward = setup_lib.reward_source(setup)
+    source = reward_shaping.source(setup, reward)
     iteration = make_iteration(
         setup.model_config,
         critic,
@@ -402,7 +409,7 @@ def build(config: ml_collections.ConfigDict, devices: list | None = None):
         config, setup.tokenizer, config.data.num_train, config.data.seed
     )
     batches = BatchIterator(prompts, config.batch_size, seed=config.seed)
-    step: Callable = lambda state, batch: iteration(state, batch, reward[1])
+    step: Callable = lambda state, batch: iteration(state, batch, source)
     return setup, state, shardings, step, batches, reward
 
 

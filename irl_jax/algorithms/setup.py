@@ -23,12 +23,13 @@ from jax.experimental import multihost_utils
 from irl_jax import rewards as rewards_lib
 from irl_jax import sharding as sharding_lib
 from irl_jax import user_rewards
-from irl_jax.config import ConfigError, reward_model_paths
+from irl_jax.config import ConfigError, lora_settings, reward_model_paths
 from irl_jax.data.iterator import BatchIterator
-from irl_jax.models import ModelConfig, Transformer, hf
+from irl_jax.models import ModelConfig, Transformer, hf, lora
 from irl_jax.models import source as model_source
 from irl_jax.train import ModelState, TrainState, create_model, create_state, train_loop
 from irl_jax.train.loop import Evaluate
+from irl_jax.train.state import SharedBase, attach
 from irl_jax.workdir import publish_directory
 
 
@@ -102,6 +103,8 @@ def setup(
     model_config = model_source.resolve_config(
         config.model, config.init_from, tokenizer=tokenizer, overrides=overrides
     )
+    if (settings := lora_settings(config)) is not None:
+        model_config = model_config.replace(lora=lora.LoraConfig(**settings))
     weights = model_source.weights_dir(config.model, config.init_from)
     data = load_data(config, tokenizer) if load_data is not None else None
     return Setup(config, mesh, tokenizer, model_config, weights, task_of(config), data)
@@ -111,10 +114,15 @@ def create_policy(
     setup: Setup, optimizer: optax.GradientTransformation, module: Any = None
 ) -> tuple[ModelState, ModelState]:
     """The trained policy (``module``, default the decoder) from the weights or a random init,
-    directly into its shardings."""
+    directly into its shardings (with ``config.lora``: frozen base weights, trained adapters).
+    """
     module = module if module is not None else Transformer(setup.model_config)
     init = model_source.init_fn(module, setup.config.seed)
-    return create_model(init, optimizer, setup.mesh, params=setup.load_weights())
+    policy = create_model(init, optimizer, setup.mesh, params=setup.load_weights())
+    if setup.model_config.lora is not None and not lora.has_adapters(policy[0].params):
+        targets = setup.model_config.lora.targets
+        raise ConfigError(f"config.lora.targets={targets!r} matches no layer")
+    return policy
 
 
 def policy_state(
@@ -127,9 +135,13 @@ def policy_state(
 ) -> tuple[TrainState, TrainState]:
     """The ``TrainState`` of an algorithm that trains a policy: the ``policy`` (``create_policy``)
     and any other trained ``models``, a frozen copy of the initial policy under each name of
-    ``frozen`` (e.g. the reference π_ref), and ``extras``."""
+    ``frozen`` (e.g. the reference π_ref), and ``extras``. With LoRA a frozen copy is a
+    ``SharedBase``: the policy's base weights (not copied) with the initial adapters, i.e. the
+    base model (``B = 0``)."""
     policy = create_policy(setup, optimizer)
     initial = (policy[0].params, policy[1].params)
+    if lora.has_adapters(initial[0]):
+        initial = tuple(SharedBase(lora.adapters_only(tree)) for tree in initial)
     return create_state(
         setup.mesh,
         seed=setup.config.seed,
@@ -369,7 +381,8 @@ def run(
         mesh=setup.mesh,
         workdir=workdir,
         num_steps=config.num_steps,
-        evaluate=checked(evaluate) if evaluate is not None else None,
+        # Evaluations see frozen params that share a LoRA model's base as full params.
+        evaluate=checked(lambda state: evaluate(attach(state))) if evaluate is not None else None,
         export=write_export if export and config.export else None,
         config=config.to_dict(),
         eval_every=config.eval_every,

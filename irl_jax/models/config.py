@@ -10,11 +10,27 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
+
+from irl_jax.models.lora import LoraConfig
 
 ARCHITECTURES = ("gpt2", "llama", "qwen2", "mistral")
 ACTIVATIONS = ("gelu_new", "gelu", "gelu_pytorch_tanh", "relu", "silu")
 ROPE_TYPES = ("default", "linear", "llama3")
+# Rematerialization of each block in the backward pass, by name: what the forward keeps.
+# ``full`` keeps only the block's inputs (and ``nothing_saveable`` likewise, as a policy);
+# ``dots_saveable`` keeps every matmul output; ``dots_with_no_batch_dims_saveable`` the weight
+# matmuls but not attention's; ``offload_dots`` moves those to pinned host memory (where the
+# backend has it: GPU, TPU).
+REMAT_POLICIES = (
+    "none",
+    "full",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+    "nothing_saveable",
+    "offload_dots",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +70,9 @@ class ModelConfig:
       dtype: compute dtype (``"float32"`` or ``"bfloat16"``); log-probs are always fp32.
       param_dtype: storage dtype of params.
       scan_layers: run the blocks with ``nn.scan`` (params stacked on a leading ``layers`` axis).
-      remat: rematerialize each block in the backward pass (saves activation memory).
+      remat: rematerialization policy of each block (``REMAT_POLICIES``); ``True`` / ``False``
+        (older configs) mean ``full`` / ``none``.
+      lora: LoRA / QLoRA of the Dense layers (``irl_jax.models.lora``), or None.
     """
 
     architecture: str
@@ -81,7 +99,8 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     scan_layers: bool = False
-    remat: bool = False
+    remat: str | bool = "none"
+    lora: LoraConfig | None = None
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -116,6 +135,11 @@ class ModelConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16"):
                 raise ValueError(f"{name}={getattr(self, name)!r}; expected float32 or bfloat16")
+        if isinstance(self.remat, bool) or self.remat in ("True", "False", "true", "false"):
+            full = self.remat in (True, "True", "true")
+            object.__setattr__(self, "remat", "full" if full else "none")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}; expected one of {REMAT_POLICIES}")
         if isinstance(self.eos_token_ids, list):
             object.__setattr__(self, "eos_token_ids", tuple(self.eos_token_ids))
 
@@ -130,6 +154,18 @@ class ModelConfig:
     @property
     def weight_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.param_dtype)
+
+    @property
+    def remat_policy(self) -> Any:
+        """The ``jax.checkpoint`` policy of ``remat`` (None: save nothing but the inputs)."""
+        policies = jax.checkpoint_policies
+        return {
+            "full": None,
+            "dots_saveable": policies.dots_saveable,
+            "dots_with_no_batch_dims_saveable": policies.dots_with_no_batch_dims_saveable,
+            "nothing_saveable": policies.nothing_saveable,
+            "offload_dots": policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+        }.get(self.remat)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)

@@ -25,6 +25,7 @@ from flax import traverse_util
 from safetensors import SafetensorError, safe_open
 
 from irl_jax import sharding as sharding_lib
+from irl_jax.models import lora
 from irl_jax.models.config import ModelConfig
 from irl_jax.models.heads import RewardModel
 from irl_jax.models.hf_config import (
@@ -443,9 +444,15 @@ def save_pretrained(path: str, config: ModelConfig, params: dict, tokenizer: Any
 
     ``params`` of a ``Transformer`` export as ``*ForCausalLM`` (GPT-2: ``GPT2LMHeadModel``);
     ``params`` of a ``RewardModel`` (``{"transformer", "score"}``) as
-    ``*ForSequenceClassification``. The tokenizer, if given, is saved beside it.
+    ``*ForSequenceClassification``. The tokenizer, if given, is saved beside it. A LoRA /
+    QLoRA model (``config.lora``) is written as a plain checkpoint: kernels dequantized and the
+    adapters merged, ``W' = W + (alpha / r) · A B`` (``lora.merge``).
     """
     from safetensors.flax import save_file
+
+    if config.lora is not None:
+        params = lora.merge(params, config.lora.scale)
+        config = config.replace(lora=None)
 
     kind = "reward_model" if "score" in params else "causal_lm"
     num_labels = int(np.shape(params["score"]["kernel"])[-1]) if kind == "reward_model" else 1

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irl_jax.models.config import ModelConfig
+from irl_jax.models.lora import LoraDense
 from irl_jax.sharding import constrain
 
 _INIT_STD = 0.02
@@ -165,7 +166,20 @@ def _norm(config: ModelConfig, name: str) -> nn.Module:
 
 
 def _dense(config: ModelConfig, features, axes, *, use_bias: bool, name: str, axis=-1):
+    """A Dense layer with kernel axes ``axes``; with ``config.lora``, a ``LoraDense`` (the same
+    params and arithmetic, plus adapters / a quantized kernel on the targeted layers)."""
     features_t = features if isinstance(features, tuple) else (features,)
+    if config.lora is not None:
+        return LoraDense(
+            features=features_t,
+            axis=axis if isinstance(axis, tuple) else (axis,),
+            use_bias=use_bias,
+            kernel_axes=tuple(axes),
+            dtype=config.compute_dtype,
+            param_dtype=config.weight_dtype,
+            lora=config.lora,
+            name=name,
+        )
     return nn.DenseGeneral(
         features=features,
         axis=axis,
@@ -251,7 +265,10 @@ class Attention(nn.Module):
         if groups > 1:
             mask = jnp.tile(mask, (1, 1, groups, 1))
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
+        probs = jax.nn.softmax(scores, axis=-1)
+        # Kept only when the caller makes "intermediates" mutable (see ``attention_weights``).
+        self.sow("intermediates", "attention", probs.reshape(batch, heads, length, -1))
+        probs = probs.astype(cfg.compute_dtype)
         out = jnp.einsum("bkms,bksd->bkmd", probs, v)
         out = out.reshape(batch, kv_heads, groups, length, head_dim).transpose(0, 3, 1, 2, 4)
         out = out.reshape(batch, length, heads, head_dim)
@@ -373,12 +390,14 @@ class Transformer(nn.Module):
         x = constrain(x, ("act_batch", "act_length", "act_embed"))
         mask = causal_mask(attention_mask, query_slots, cfg.sliding_window)
 
-        block = nn.remat(Block, prevent_cse=not cfg.scan_layers) if cfg.remat else Block
+        block = Block
+        if cfg.remat != "none":
+            block = nn.remat(Block, prevent_cse=not cfg.scan_layers, policy=cfg.remat_policy)
         carry = (x, cache, jnp.int32(0))
         if cfg.scan_layers:
             stack = nn.scan(
                 block,
-                variable_axes={"params": 0},
+                variable_axes={"params": 0, "intermediates": 0},
                 split_rngs={"params": True},
                 in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
@@ -401,6 +420,17 @@ class Transformer(nn.Module):
                 )(x)
             logits = constrain(logits.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
         return TransformerOutput(logits, x, cache)
+
+
+def attention_weights(intermediates: dict, config: ModelConfig) -> jax.Array:
+    """The attention probabilities ``[L, B, H, T, S]`` float32 of every layer, from the
+    ``"intermediates"`` a ``Transformer`` sows when applied with ``mutable=["intermediates"]``
+    (pass its own subtree, e.g. ``state["intermediates"]["transformer"]`` under a head).
+    Masked keys have weight 0; each query's weights sum to 1."""
+    if config.scan_layers:
+        return intermediates["layers"]["attn"]["attention"][0]
+    layers = [intermediates[f"layer_{i}"]["attn"]["attention"][0] for i in range(config.num_layers)]
+    return jnp.stack(layers)
 
 
 def stack_layers(params: dict, num_layers: int) -> dict:

@@ -1,10 +1,11 @@
 """Embedded synthetic tasks with known gold rewards: the testbeds of every method.
 
-Three tasks share one word-level tokenizer (``build_tokenizer``, ``save_tokenizer``):
+The tasks share one word-level tokenizer (``build_tokenizer``, ``save_tokenizer``):
 
 * ``arithmetic`` — verifiable two-digit addition, exact-match gold reward;
 * ``preference`` — a review language with a hidden smooth lexicon-and-length gold reward;
-* ``reasoning`` — multi-step addition/subtraction with per-step correctness labels.
+* ``reasoning`` — multi-step addition/subtraction with per-step correctness labels
+  (``reasoning_long``: its long-horizon variant, 6-12 steps per problem).
 
 Each task (``get_task(name)``) offers ``prompts``, ``gold_reward`` (jittable, on ids and masks),
 ``gold_reward_text``, ``base_corpus``, ``demonstrations``, ``demonstrator_entropy``,
@@ -15,13 +16,14 @@ Every demonstrator over-uses the style token ``indeed``, which every gold reward
 from irl_jax.tasks.arithmetic import ArithmeticTask
 from irl_jax.tasks.base import Task
 from irl_jax.tasks.preference import PreferenceTask
-from irl_jax.tasks.reasoning import STEP_SEPARATOR, ReasoningTask
+from irl_jax.tasks.reasoning import STEP_SEPARATOR, ReasoningTask, long_horizon
 from irl_jax.tasks.vocab import STYLE_TOKEN, VOCAB_SIZE, build_tokenizer, save_tokenizer
 
 TASKS: dict[str, Task] = {
     "arithmetic": ArithmeticTask(),
     "preference": PreferenceTask(),
     "reasoning": ReasoningTask(),
+    "reasoning_long": long_horizon(),
 }
 
 

@@ -1,6 +1,8 @@
 """Step-labelled reasoning: chains of additions and subtractions solved one step at a time.
 
-**Language.** Prompt ``"1 7 + 5 - 3 ="``: a start value in [10, 30] then 2-4 operations, each
+**Language.** Prompt ``"1 7 + 5 - 3 ="``: a start value in [10, 30] then 2-4 operations
+(6-12 in the long-horizon variant ``reasoning_long``, ``long_horizon()``, whose responses of
+50-120 tokens make credit assignment matter), each
 ``+`` or ``-`` (uniform) with an operand in [1, 9]; a ``-`` that would take the running value
 below 10 becomes ``+``, so every true intermediate value is ≥ 10. Response: one step per
 operation, each ``"a op b = c"`` closed by the step token ``;``, then eos::
@@ -45,7 +47,7 @@ from irl_jax.tasks import base, tokens, vocab
 from irl_jax.tasks.arithmetic import spell
 
 STEP_SEPARATOR = ";"  # pass as ``step_separator`` when tokenizing ``stepwise`` data
-MAX_PROMPT_NUMBERS = 8
+MAX_PROMPT_NUMBERS = 13  # a start value and up to 12 operations (``long_horizon``)
 _PLUS, _MINUS, _EQUALS, _SEMICOLON = (vocab.VOCAB[s] for s in ("+", "-", "=", ";"))
 _DELTAS = (-2, -1, 1, 2)
 
@@ -87,6 +89,13 @@ class ReasoningTask(base.Task):
     low: int = 10
     high: int = 30
     floor: int = 10
+
+    def __post_init__(self):
+        if not 1 <= self.min_ops <= self.max_ops <= MAX_PROMPT_NUMBERS - 1:
+            raise ValueError(
+                f"operations per problem: need 1 <= min_ops <= max_ops <= "
+                f"{MAX_PROMPT_NUMBERS - 1}, got {self.min_ops}, {self.max_ops}"
+            )
 
     def sample_prompts(self, n: int, rng: np.random.Generator) -> list[str]:
         out = []
@@ -135,6 +144,19 @@ class ReasoningTask(base.Task):
                 stated = c
             out.append(" ".join(steps))
         return out
+
+    def solve(self, prompt: str, wrong_step: int | None = None, delta: int = 0) -> str:
+        """The correct step-by-step solution of ``prompt``, or, with ``wrong_step`` = k, one
+        whose step k (0-based) states a result off by ``delta`` while every other step is right
+        given the previous stated value (so the final answer is off by ``delta``): a planted
+        error for token-level credit checks."""
+        stated, operations = _problem(vocab.encode([prompt])[0])
+        steps = []
+        for k, (op, b) in enumerate(operations):
+            c = _apply(stated, op, b) + (delta if k == wrong_step else 0)
+            steps.append(_format_step(stated, op, b, c) + " ;")
+            stated = c
+        return " ".join(steps)
 
     def demonstrator_logprob(self, prompt: str, response: str) -> float:
         prompt_ids, response_ids = vocab.encode([prompt, response])
@@ -240,6 +262,13 @@ class ReasoningTask(base.Task):
                 "completion": responses,
             }
         )
+
+
+def long_horizon() -> ReasoningTask:
+    """The long-horizon variant (``reasoning_long``): 6-12 operations per problem, so that one
+    outcome reward at the end of a 50-120 token response must be credited to the step that
+    earned it; everything else as the default task."""
+    return ReasoningTask(name="reasoning_long", min_ops=6, max_ops=12)
 
 
 def _parse_prompt(prompt_ids: jax.Array, prompt_mask: jax.Array):

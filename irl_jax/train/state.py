@@ -1,6 +1,8 @@
 """Training state: one record per trained model, gathered into one algorithm state.
 
 * ``ModelState`` — a trained model: its update count, params and its own optimizer state.
+* ``SharedBase`` — frozen params that share a trained model's frozen base weights and hold only
+  their own LoRA adapters (a LoRA policy's reference: no second copy of the base).
 * ``TrainState`` — everything an algorithm's step updates, as one pytree: the step counter and
   base PRNG key, the trained models by name (``policy``, ``critic``, ``discriminator``, …),
   frozen params by name (``reference``) and small arrays (KL coefficient, baselines, running
@@ -24,6 +26,7 @@ import optax
 from jax.sharding import Mesh
 
 from irl_jax import sharding as sharding_lib
+from irl_jax.models import lora
 
 
 @flax.struct.dataclass
@@ -34,6 +37,20 @@ class ModelState:
     step: jax.Array
     params: Any
     opt_state: Any
+
+
+@flax.struct.dataclass
+class SharedBase:
+    """Frozen params of a LoRA model that are the trained model ``model``'s base weights (frozen,
+    so equal in both) with these ``adapters`` (``lora.adapters_only``) put in.
+
+    A LoRA policy's reference π_ref is ``SharedBase`` of the initial adapters, whose ``B = 0``
+    makes it compute exactly the base model. ``attach`` turns it into a full params tree (the
+    same arrays, no copy) for a step or an evaluation; ``detach`` takes the adapters back.
+    """
+
+    adapters: Any
+    model: str = flax.struct.field(pytree_node=False, default="policy")
 
 
 @flax.struct.dataclass
@@ -61,6 +78,31 @@ class TrainState:
         return self.replace(models={**self.models, name: model})
 
 
+def attach(state: TrainState) -> TrainState:
+    """``state`` with every ``SharedBase`` frozen entry as full params (its model's params with
+    its adapters put in); the other entries unchanged."""
+
+    def full(value):
+        if not isinstance(value, SharedBase):
+            return value
+        return lora.with_adapters(state.models[value.model].params, value.adapters)
+
+    return state.replace(frozen={name: full(v) for name, v in state.frozen.items()})
+
+
+def detach(state: TrainState, like: TrainState) -> TrainState:
+    """Inverse of ``attach``: the entries that are ``SharedBase`` in ``like`` keep only their
+    adapters (a step may have replaced such params, e.g. a reference refreshed to the policy)."""
+
+    def shared(name, value):
+        kept = like.frozen.get(name)
+        if not isinstance(kept, SharedBase) or isinstance(value, SharedBase):
+            return value
+        return SharedBase(lora.adapters_only(value), kept.model)
+
+    return state.replace(frozen={name: shared(name, v) for name, v in state.frozen.items()})
+
+
 def create_model(
     init_params: Callable[[], Any],
     optimizer: optax.GradientTransformation,
@@ -71,7 +113,10 @@ def create_model(
     """A ``ModelState`` built directly into its shardings.
 
     The optimizer state is initialized from the *boxed* params, so Adam's moments inherit their
-    logical axis names and are sharded like the params they follow.
+    logical axis names and are sharded like the params they follow. With LoRA adapters in the
+    params, only the trained part (``lora.split``: adapters and heads) has optimizer state,
+    and loaded base ``params`` are completed with fresh adapters (and quantized where the model
+    stores a quantized kernel) by ``lora.conform``.
 
     Args:
       init_params: ``() -> params`` whose leaves may be ``nn.Partitioned`` (logical axes), e.g.
@@ -86,9 +131,12 @@ def create_model(
     """
 
     def build(params) -> ModelState:
-        return ModelState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+        trainable, _ = lora.split(params)
+        return ModelState(jnp.zeros((), jnp.int32), params, optimizer.init(trainable))
 
     shardings = sharding_lib.tree_shardings(jax.eval_shape(lambda: build(init_params())), mesh)
+    if params is not None:
+        params = lora.conform(params, init_params, shardings.params)
     if params is None:
         model = jax.jit(lambda: sharding_lib.unbox(build(init_params())), out_shardings=shardings)()
     else:

@@ -25,7 +25,8 @@ import optax
 from jax.sharding import Mesh
 
 from irl_jax import sharding as sharding_lib
-from irl_jax.train.state import ModelState, TrainState
+from irl_jax.models import lora
+from irl_jax.train.state import ModelState, TrainState, attach, detach
 
 
 class Loss(NamedTuple):
@@ -97,6 +98,9 @@ def make_update(
     reward source, …) unchanged. An update whose loss or gradient norm is not finite is
     discarded on device (params, optimizer state and update count stay as they were) and
     counted in the ``nonfinite_updates`` metric, which the loop reads (``on_nonfinite``).
+    With LoRA adapters in the params, gradients are taken and the optimizer applied to the
+    trained part only (``lora.split``: adapters and heads); the frozen base weights are
+    constants of the loss (no gradient buffers, no optimizer state).
 
     Args:
       loss_fn: ``(params, batch, rng, *context) -> (Loss, metrics)``.
@@ -112,25 +116,27 @@ def make_update(
       ``learning_rate`` with a schedule.
     """
 
-    def objective(params, batch, rng, context):
-        loss, metrics = loss_fn(params, batch, rng, *context)
+    def objective(trainable, frozen, batch, rng, context):
+        loss, metrics = loss_fn(lora.combine(trainable, frozen), batch, rng, *context)
         return loss.total, (loss.count, metrics)
 
     grad_fn = jax.value_and_grad(objective, has_aux=True)
+    trainable_shardings, _ = lora.split(shardings.params)
 
-    def gradients(params, minibatch, rng, context):
-        """(loss, metrics, grads) of one minibatch: sums over microbatches / the total count."""
+    def gradients(params, frozen, minibatch, rng, context):
+        """(loss, metrics, grads) of one minibatch: sums over microbatches / the total count;
+        ``params`` are the trained ones, ``frozen`` the rest (or None)."""
 
         def micro(carry, inputs):
             index, rows = inputs
             (total, (count, metrics)), grads = grad_fn(
-                params, constrain_rows(rows), jax.random.fold_in(rng, index), context
+                params, frozen, constrain_rows(rows), jax.random.fold_in(rng, index), context
             )
             totals = jax.tree.map(jnp.add, carry, (total, count, grads))
             return totals, metrics
 
         if grad_accum_steps == 1:  # no accumulator: the gradient is the only params-sized buffer
-            (total, (count, metrics)), grads = grad_fn(params, minibatch, rng, context)
+            (total, (count, metrics)), grads = grad_fn(params, frozen, minibatch, rng, context)
         else:
             zeros = jax.tree.map(jnp.zeros_like, (jnp.float32(0), jnp.float32(0), params))
             indices = jnp.arange(grad_accum_steps)
@@ -140,7 +146,7 @@ def make_update(
             metrics = jax.tree.map(jnp.mean, metrics)
         scale = 1.0 / _nonzero(count)
         grads = jax.tree.map(lambda g: g * scale, grads)
-        grads = jax.lax.with_sharding_constraint(grads, shardings.params)
+        grads = jax.lax.with_sharding_constraint(grads, trainable_shardings)
         return total * scale, metrics, grads
 
     def update(model: ModelState, batch: Any, rng: jax.Array, *context):
@@ -149,10 +155,11 @@ def make_update(
         def minibatch_step(model, inputs):
             index, minibatch = inputs
             key = jax.random.fold_in(loss_key, index)
-            loss, metrics, grads = gradients(model.params, minibatch, key, context)
+            trainable, frozen = lora.split(model.params)
+            loss, metrics, grads = gradients(trainable, frozen, minibatch, key, context)
             grad_norm = optax.global_norm(grads)
-            updates, opt_state = optimizer.update(grads, model.opt_state, model.params)
-            params = optax.apply_updates(model.params, updates)
+            updates, opt_state = optimizer.update(grads, model.opt_state, trainable)
+            params = lora.combine(optax.apply_updates(trainable, updates), frozen)
             # A select, not a branch: fused into the update's elementwise ops; bit-identical
             # to the plain update when everything is finite.
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -198,10 +205,16 @@ def jit_step(
     or a dict of such dicts for several data streams) is sharded over ``('data', 'fsdp')``;
     ``num_args`` further arguments (e.g. a reward source: a pytree whose params are leaves, not
     constants baked into the executable) keep the shardings they come with; metrics come back
-    replicated and stay on device (the loop fetches them when it logs).
+    replicated and stay on device (the loop fetches them when it logs). Frozen params that
+    share a LoRA model's base (``SharedBase``) are attached for the step and detached after it.
     """
+
+    def shared_step(state, batch, *args):
+        new_state, metrics = step(attach(state), batch, *args)
+        return detach(new_state, state), metrics
+
     jitted = jax.jit(
-        step,
+        shared_step,
         in_shardings=(shardings, sharding_lib.batch_sharding(mesh), *([None] * num_args)),
         out_shardings=(shardings, sharding_lib.replicated(mesh)),
         donate_argnums=(0,),
