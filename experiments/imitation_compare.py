@@ -120,17 +120,7 @@ def train_without_evaluation(algorithm: str):
     module = importlib.import_module(f"irl_jax.algorithms.{algorithm}")
 
     def train_fn(config, workdir: str) -> None:
-        built = module.build(config)
-        setup_lib.run(
-            built.setup,
-            workdir,
-            state=built.state,
-            shardings=built.shardings,
-            step=built.step,
-            data=built.data,
-            evaluate=None,
-            description=algorithm,
-        )
+        setup_lib.train_policy(module.build(config), workdir, algorithm, evaluate_policy=False)
 
     return train_fn
 

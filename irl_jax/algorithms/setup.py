@@ -415,15 +415,20 @@ class Built(NamedTuple):
 
 
 def train_policy(
-    built: Built, workdir: str, description: str, *, baseline: str = "reference"
+    built: Built,
+    workdir: str,
+    description: str,
+    *,
+    baseline: str = "reference",
+    evaluate_policy: bool = True,
 ) -> dict[str, float]:
     """``run`` for an algorithm that trains a ``policy``: evaluated (``policy_evaluator``)
-    against the frozen model ``baseline`` (``reference`` where the state has no such model),
-    exported at the end. Returns the final evaluation."""
+    against the frozen model ``baseline`` (``reference`` where the state has no such model;
+    never with ``evaluate_policy=False``), exported at the end. Returns the final evaluation."""
     learned = {}
     if built.source is not None and built.reward_name not in ("gold", "verifier"):
         learned = {built.reward_name: built.source}
-    evaluator = policy_evaluator(built.setup, learned)
+    evaluator = policy_evaluator(built.setup, learned) if evaluate_policy else None
 
     def evaluate(state: TrainState):
         frozen = state.frozen.get(baseline, state.frozen["reference"])
@@ -436,7 +441,7 @@ def train_policy(
         shardings=built.shardings,
         step=built.step,
         data=built.data,
-        evaluate=evaluate,
+        evaluate=evaluate if evaluate_policy else None,
         description=description,
     )
 
