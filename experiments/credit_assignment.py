@@ -44,7 +44,13 @@ _KL_COEF = flags.DEFINE_float("kl_coef", 0.05, "PPO's KL coefficient β.")
 _SFT_STEPS = flags.DEFINE_integer("sft_steps", 1500, "SFT steps.")
 _RM_STEPS = flags.DEFINE_integer("rm_steps", 600, "Reward-model steps.")
 _DPO_STEPS = flags.DEFINE_integer("dpo_steps", 300, "DPO steps.")
-_DPO_BETA = flags.DEFINE_float("dpo_beta", 0.5, "DPO's β, also RTO's β₁ (the implicit reward).")
+_DPO_BETA = flags.DEFINE_float("dpo_beta", 0.5, "DPO's β.")
+_RTO_COEF = flags.DEFINE_float(
+    "rto_coef",
+    None,
+    "RTO's β₁, the implicit reward's coefficient (default: --kl_coef; β₁ = β makes π_dpo the "
+    "optimum without the outcome term, β₁ > β sharpens it by β₁/β and runs the KL away).",
+)
 _ABC_WEIGHT = flags.DEFINE_float("abc_weight", 0.5, "ABC's w.")
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes end to end.")
 
@@ -122,7 +128,7 @@ def ppo_curve(workdir: str, kind: str, seed: int, exports: dict[str, str]) -> di
             kind=kind,
             abc_weight=_ABC_WEIGHT.value,
             dpo_model=exports.get("dpo", ""),
-            dpo_coef=_DPO_BETA.value,
+            dpo_coef=_KL_COEF.value if _RTO_COEF.value is None else _RTO_COEF.value,
         )
         algorithms.run(config, run_dir)
         rows = read_metrics(run_dir)

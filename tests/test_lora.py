@@ -5,9 +5,10 @@ by ``transformers``, quantized bases, and one LoRA step of every algorithm."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import peft
 import pytest
 import transformers
-from hf_utils import hf_logits, llama_config, make_model, padded_batch, save
+from hf_utils import gpt2_config, hf_logits, llama_config, make_model, padded_batch, save
 
 from irl_jax import algorithms, sharding
 from irl_jax.algorithms import experiment_config, sft
@@ -154,6 +155,36 @@ def test_merged_export_loads_in_transformers(tmp_path):
         np.testing.assert_allclose(
             hf_logits(loaded, ids, mask)[real], np.asarray(ours)[real], atol=1e-4, rtol=0
         )
+
+
+@pytest.mark.parametrize(
+    ("model_cls", "make_config"),
+    [(transformers.LlamaForCausalLM, llama_config), (transformers.GPT2LMHeadModel, gpt2_config)],
+)
+def test_peft_adapter_loads_onto_the_base_in_peft(tmp_path, model_cls, make_config):
+    """The export's unmerged adapters (``peft_adapter/``), loaded by ``peft`` onto the base
+    checkpoint, give our LoRA model's logits (Llama's ``Linear``; GPT-2's fused ``Conv1D``
+    c_attn with ``fan_in_fan_out``)."""
+    source = save(make_model(model_cls, make_config()), tmp_path / "src")
+    cfg, base = hf.load_pretrained(source)
+    ids, mask = padded_batch(np.random.default_rng(0), [13, 8], 13, "left")
+    lcfg = cfg.replace(lora=lora.LoraConfig(rank=RANK, alpha=8.0))
+    init_params = lambda: Transformer(lcfg).init(jax.random.key(2), ids, mask)["params"]
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    abstract = sharding.tree_shardings(jax.eval_shape(init_params), mesh)
+    params = randomized_adapters(lora.conform(base, init_params, abstract))
+    ours = np.asarray(Transformer(lcfg).apply({"params": params}, ids, mask).logits)
+    out = hf.save_pretrained(str(tmp_path / "export"), lcfg, params)
+    adapter = f"{out}/{hf.PEFT_ADAPTER_DIR}"
+    base_model = transformers.AutoModelForCausalLM.from_pretrained(
+        source, attn_implementation="eager"
+    )
+    loaded = peft.PeftModel.from_pretrained(base_model, adapter).eval()
+    real = mask.astype(bool)
+    np.testing.assert_allclose(hf_logits(loaded, ids, mask)[real], ours[real], atol=1e-4, rtol=0)
+    # The adapters do change the model: with them disabled peft gives the base's logits.
+    with loaded.disable_adapter():
+        assert not np.allclose(hf_logits(loaded, ids, mask)[real], ours[real], atol=1e-3)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ files that ``transformers`` loads back.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -426,17 +427,76 @@ def load_tokenizer(path: str, **kwargs: Any):
 # ----------------------------------------------------------------------------- export
 
 
-def _iter_hf_tensors(config: ModelConfig, params: dict, kind: str) -> Iterator[tuple[str, Any]]:
-    prefix = "" if kind == "causal_lm" else "transformer/"
+def _flat_unrolled(config: ModelConfig, params: dict, kind: str) -> dict[str, Any]:
+    """``params`` flattened to ``"a/b/c"`` paths, scanned layers unrolled (``layer_i``)."""
     if config.scan_layers:
         params = dict(params)
-        if prefix:
+        if kind != "causal_lm":
             params["transformer"] = unstack_layers(params["transformer"], config.num_layers)
         else:
             params = unstack_layers(params, config.num_layers)
-    flat = traverse_util.flatten_dict(params, sep="/")
+    return traverse_util.flatten_dict(params, sep="/")
+
+
+def _iter_hf_tensors(config: ModelConfig, params: dict, kind: str) -> Iterator[tuple[str, Any]]:
+    flat = _flat_unrolled(config, params, kind)
     for rule in _rules(config, kind):
         yield rule.hf, rule.to_hf(np.asarray(jax.device_get(flat[rule.ours])))
+
+
+PEFT_ADAPTER_DIR = "peft_adapter"
+
+
+def save_peft_adapter(path: str, config: ModelConfig, params: dict, base_model: str = "") -> str:
+    """Writes the LoRA adapters of a causal LM's ``params`` as a PEFT adapter directory
+    (``adapter_config.json`` + ``adapter_model.safetensors``) that
+    ``peft.PeftModel.from_pretrained(base, path)`` loads onto the base checkpoint.
+
+    PEFT's layout per adapted torch module ``m`` (``nn.Linear``, or GPT-2's ``Conv1D`` with
+    ``fan_in_fan_out``): ``base_model.model.<m>.lora_A.weight`` ``[r, in]`` and ``lora_B.weight``
+    ``[out, r]``, scaled by ``lora_alpha / r``: ours ``lora_a [*in, r]`` / ``lora_b [r, *out]``
+    flattened in the same order as the kernel's HF layout, and transposed. The base is the
+    checkpoint the adapters were trained on (for QLoRA: its weights before quantization, which
+    the adapters approximate as the quantized ones they saw). ``base_model`` goes into
+    ``base_model_name_or_path``.
+    """
+    from safetensors.flax import save_file
+
+    settings = config.lora
+    if settings is None:
+        raise ValueError("save_peft_adapter: the model config has no LoRA settings (config.lora)")
+    flat = _flat_unrolled(config, params, "causal_lm")
+    tensors, modules = {}, set()
+    for rule in _rules(config, "causal_lm"):
+        stem = rule.ours.removesuffix("kernel")
+        if not rule.ours.endswith("/kernel") or stem + "lora_a" not in flat:
+            continue
+        a, b = (np.asarray(jax.device_get(flat[stem + n]), np.float32) for n in lora.ADAPTERS)
+        module = "base_model.model." + rule.hf.removesuffix(".weight")
+        tensors[module + ".lora_A.weight"] = a.reshape(-1, settings.rank).T
+        tensors[module + ".lora_B.weight"] = b.reshape(settings.rank, -1).T
+        modules.add(rule.hf.removesuffix(".weight").rsplit(".", 1)[-1])
+    if not tensors:
+        raise ValueError("save_peft_adapter: params hold no LoRA adapters")
+    os.makedirs(path, exist_ok=True)
+    adapter_config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": settings.rank,
+        "lora_alpha": settings.alpha,
+        "lora_dropout": settings.dropout,
+        "target_modules": sorted(modules),
+        "fan_in_fan_out": config.is_gpt2,
+        "bias": "none",
+        "use_rslora": False,
+        "inference_mode": True,
+    }
+    with open(os.path.join(path, "adapter_config.json"), "w", encoding="utf-8") as f:
+        json.dump(adapter_config, f, indent=2)
+    arrays = {k: jnp.asarray(np.ascontiguousarray(v)) for k, v in tensors.items()}
+    save_file(arrays, os.path.join(path, "adapter_model.safetensors"), metadata={"format": "pt"})
+    return path
 
 
 def save_pretrained(path: str, config: ModelConfig, params: dict, tokenizer: Any = None) -> str:
@@ -446,15 +506,18 @@ def save_pretrained(path: str, config: ModelConfig, params: dict, tokenizer: Any
     ``params`` of a ``RewardModel`` (``{"transformer", "score"}``) as
     ``*ForSequenceClassification``. The tokenizer, if given, is saved beside it. A LoRA /
     QLoRA model (``config.lora``) is written as a plain checkpoint: kernels dequantized and the
-    adapters merged, ``W' = W + (alpha / r) · A B`` (``lora.merge``).
+    adapters merged, ``W' = W + (alpha / r) · A B`` (``lora.merge``); a causal LM's adapters
+    also go, unmerged, into ``PEFT_ADAPTER_DIR`` inside it (``save_peft_adapter``).
     """
     from safetensors.flax import save_file
 
+    kind = "reward_model" if "score" in params else "causal_lm"
     if config.lora is not None:
+        if kind == "causal_lm" and lora.has_adapters(params):
+            save_peft_adapter(os.path.join(path, PEFT_ADAPTER_DIR), config, params)
         params = lora.merge(params, config.lora.scale)
         config = config.replace(lora=None)
 
-    kind = "reward_model" if "score" in params else "causal_lm"
     num_labels = int(np.shape(params["score"]["kernel"])[-1]) if kind == "reward_model" else 1
     os.makedirs(path, exist_ok=True)
     hf = config_to_hf(config, kind, num_labels)
@@ -477,5 +540,6 @@ __all__ = [
     "load_pretrained",
     "load_tokenizer",
     "read_config",
+    "save_peft_adapter",
     "save_pretrained",
 ]
