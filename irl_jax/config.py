@@ -236,6 +236,9 @@ def base_config(algorithm: str = "sft") -> ml_collections.ConfigDict:
             "num_eval": 512,
             "max_length": 48,
             "max_prompt_length": 0,  # 0: no separate prompt budget
+            # RL prompt batches: trimmed to the smallest of these widths that holds the batch's
+            # longest prompt (one compile per width used); (): always the full prompt budget.
+            "prompt_buckets": (),
             "seed": 0,
         }
     )
@@ -467,6 +470,13 @@ def validate_base(config: ml_collections.ConfigDict, devices: list | None = None
     )
     check_sampling(config.sampling)
     require(config.data.max_length > 1, "data.max_length", "must be > 1")
+    budget = config.data.max_prompt_length or config.data.max_length
+    buckets = tuple(config.data.get("prompt_buckets", ()))
+    require(
+        all(isinstance(b, int) and 0 < b <= budget for b in buckets),
+        "data.prompt_buckets",
+        f"{buckets}: expected prompt widths in [1, {budget}] (the prompt budget)",
+    )
     if config.data.path:
         require(os.path.exists(config.data.path), "data.path", f"{config.data.path!r} not found")
     else:

@@ -16,6 +16,7 @@ from test_rollout import BAD, CONFIG, EOS, GOOD, PAD, START, prompts, toy_state
 from experiments.configs import grpo
 from irl_jax import rollout, sharding
 from irl_jax.algorithms import policy_gradient, sft, validate_config
+from irl_jax.algorithms import setup as setup_lib
 from irl_jax.algorithms.policy_gradient import Rollout
 from irl_jax.checkpoint import CheckpointManager
 from irl_jax.config import ConfigError
@@ -206,6 +207,82 @@ def test_no_recompiles_across_iterations(section, sampling):
     assert int(state.models["policy"].step) == 4 * updates
 
 
+def reasoning_config(**section):
+    """``rl_config`` on the reasoning task, whose prompts have 7 or 8 tokens."""
+    config = rl_config(**section)
+    config.data.task = "reasoning"
+    return config
+
+
+def test_prompt_buckets_cut_padding_only_and_agree_across_processes():
+    """``BatchIterator(prompt_buckets=...)`` yields the unbucketed iterator's rows with the
+    left-padded prompts cut to the smallest bucket holding the global batch's longest prompt;
+    the cut columns are padding; every process of a 2-process run picks the same width."""
+    from irl_jax.data.iterator import BatchIterator
+
+    config = reasoning_config()
+    tokenizer = policy_gradient.build(config).setup.tokenizer
+    arrays = setup_lib.prompt_arrays(config, tokenizer, 256, 0)  # 7 or 8 tokens, 8 columns
+    full = BatchIterator(arrays, 4, seed=0)
+    cut = BatchIterator(arrays, 4, seed=0, prompt_buckets=(8, 7))
+    halves = [
+        BatchIterator(arrays, 4, seed=0, prompt_buckets=(7, 8), process_index=i, process_count=2)
+        for i in range(2)
+    ]
+    widths = []
+    for _ in range(24):
+        whole, trimmed, parts = next(full), next(cut), [next(h) for h in halves]
+        width = trimmed["prompt_ids"].shape[1]
+        widths.append(width)
+        longest = int(whole["prompt_mask"].sum(-1).max())
+        assert width == min(b for b in (7, 8) if b >= longest)
+        for name in ("prompt_ids", "prompt_mask"):
+            np.testing.assert_array_equal(trimmed[name], whole[name][:, -width:])
+            np.testing.assert_array_equal(np.concatenate([p[name] for p in parts]), trimmed[name])
+        assert whole["prompt_mask"][:, :-width].sum() == 0
+    assert set(widths) == {7, 8}, widths
+
+
+def test_prompt_buckets_give_full_padding_metrics_and_compile_once_per_width():
+    """A GRPO iteration on bucketed prompts equals the full-width iteration on the same rows
+    with the same rng; after one iteration per width nothing compiles again."""
+    from irl_jax.data.iterator import trim_prompts
+
+    config = reasoning_config()
+    config.data.prompt_buckets = (7,)
+    validate_config(config)
+    built = policy_gradient.build(config)
+    data = sharding.batch_sharding(built.setup.mesh)
+    arrays = setup_lib.prompt_arrays(config, built.setup.tokenizer, 256, 0)
+    short = np.flatnonzero(arrays["prompt_mask"].sum(-1) <= 7)
+    size = next(built.data)["prompt_ids"].shape[0]
+    take = lambda index, width: trim_prompts({k: a[index] for k, a in arrays.items()}, width)
+    batches, full_batches = [take(short[:size], 7)], [take(short[:size], None)]
+    copy = lambda state: jax.tree.map(jnp.copy, state)
+    _, cut_metrics = built.step(copy(built.state), jax.device_put(batches[0], data))
+    _, full_metrics = built.step(copy(built.state), jax.device_put(full_batches[0], data))
+    cut_metrics, full_metrics = jax.device_get((cut_metrics, full_metrics))
+    assert full_batches[0]["prompt_ids"].shape[1] == 8 > batches[0]["prompt_ids"].shape[1]
+    assert cut_metrics.keys() == full_metrics.keys() >= {"loss", "reward_mean"}
+    for key in cut_metrics:
+        np.testing.assert_allclose(cut_metrics[key], full_metrics[key], rtol=1e-5, atol=1e-6)
+
+    # Batches of short prompts only (width 7) and of any prompts (width 8), alternating.
+    mixed = [
+        take(short[i * size :][:size], 7) if i % 2 else take(np.arange((i + 1) * size)[-size:], 8)
+        for i in range(6)
+    ]
+    assert [b["prompt_ids"].shape[1] for b in mixed] == [8, 7] * 3
+    state = built.state
+    for batch in mixed[:2]:
+        state, _ = built.step(state, jax.device_put(batch, data))
+    with count_compiles() as compiles:
+        for batch in mixed[2:]:
+            state, metrics = built.step(state, jax.device_put(batch, data))
+    assert compiles == [], "a prompt width compiled twice"
+    assert np.isfinite(float(metrics["loss"]))
+
+
 def test_config_errors_name_the_field():
     def error(match, sampling=None, **section):
         config = rl_config(sampling=sampling, **section)
@@ -236,6 +313,10 @@ def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="data.num_train: 3 prompts"):
         validate_config(config)
     validate_config(rl_config(sampling=dict(group_size=1), estimator="reinforce"))  # no groups
+    config = rl_config()
+    config.data.prompt_buckets = (0, 8)
+    with pytest.raises(ConfigError, match=r"data.prompt_buckets: \(0, 8\): .* in \[1, 8\]"):
+        validate_config(config)
 
 
 @pytest.fixture(scope="module")

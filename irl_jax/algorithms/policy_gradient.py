@@ -376,7 +376,12 @@ def build(config: ml_collections.ConfigDict) -> setup_lib.Built:
     prompts = setup_lib.prompt_arrays(
         config, setup.tokenizer, config.data.num_train, config.data.seed
     )
-    batches = BatchIterator(prompts, prompts_per_iteration(config), seed=config.seed)
+    batches = BatchIterator(
+        prompts,
+        prompts_per_iteration(config),
+        seed=config.seed,
+        prompt_buckets=config.data.prompt_buckets,
+    )
     step = lambda state, batch: iteration(state, batch, source)
     return setup_lib.Built(setup, state, shardings, step, batches, name, source)
 

@@ -408,7 +408,9 @@ def build(config: ml_collections.ConfigDict, devices: list | None = None):
     prompts = setup_lib.prompt_arrays(
         config, setup.tokenizer, config.data.num_train, config.data.seed
     )
-    batches = BatchIterator(prompts, config.batch_size, seed=config.seed)
+    batches = BatchIterator(
+        prompts, config.batch_size, seed=config.seed, prompt_buckets=config.data.prompt_buckets
+    )
     step: Callable = lambda state, batch: iteration(state, batch, source)
     return setup, state, shardings, step, batches, reward
 

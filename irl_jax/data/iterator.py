@@ -9,7 +9,7 @@ global array. Its ``state`` (epoch, batch index) goes into every checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -34,6 +34,10 @@ class BatchIterator:
       seed: shuffling seed; epoch e uses ``default_rng([seed, e])``.
       shuffle: reshuffle every epoch (else sequential order).
       process_index, process_count: this process's slice of each global batch (default: JAX's).
+      prompt_buckets: widths for left-padded ``prompt_ids``/``prompt_mask`` columns: each batch
+        keeps only its last ``prompt_width(...)`` columns, the smallest bucket that holds the
+        longest prompt of the *global* batch (so every process picks the same width without
+        communicating); the dropped columns are padding in every row.
 
     The remainder of each epoch (``rows % batch_size``) is skipped, so every batch is full.
     """
@@ -47,8 +51,10 @@ class BatchIterator:
         shuffle: bool = True,
         process_index: int | None = None,
         process_count: int | None = None,
+        prompt_buckets: Sequence[int] = (),
     ):
         self._arrays = dict(arrays)
+        self._buckets = tuple(sorted(prompt_buckets)) if "prompt_mask" in self._arrays else ()
         self._rows = num_rows(self._arrays)
         self._process_index = jax.process_index() if process_index is None else process_index
         self._process_count = jax.process_count() if process_count is None else process_count
@@ -90,13 +96,35 @@ class BatchIterator:
 
     def __next__(self) -> dict[str, np.ndarray]:
         local = self.batch_size // self._process_count
-        start = self._index * self.batch_size + self._process_index * local
-        rows = self._order[start : start + local]
+        first = self._index * self.batch_size
+        rows = self._order[first + self._process_index * local :][:local]
+        width = None
+        if self._buckets:
+            lengths = self._arrays["prompt_mask"][self._order[first : first + self.batch_size]]
+            width = prompt_width(int(lengths.sum(axis=-1).max()), self._buckets)
         self._index += 1
         if self._index == self.batches_per_epoch:
             self._epoch, self._index = self._epoch + 1, 0
             self._order = self._epoch_order(self._epoch)
-        return {name: array[rows] for name, array in self._arrays.items()}
+        batch = {name: array[rows] for name, array in self._arrays.items()}
+        return batch if width is None else trim_prompts(batch, width)
+
+
+def prompt_width(longest: int, buckets: Sequence[int]) -> int | None:
+    """The smallest of ``buckets`` (ascending) that holds ``longest`` prompt tokens; ``None``
+    (keep the full width) when none does."""
+    return next((b for b in buckets if b >= longest), None)
+
+
+def trim_prompts(batch: Mapping[str, np.ndarray], width: int | None) -> dict[str, np.ndarray]:
+    """``batch`` with left-padded ``prompt_ids``/``prompt_mask`` cut to their last ``width``
+    columns (the caller guarantees the cut columns are padding); other arrays unchanged."""
+    out = dict(batch)
+    if width is not None:
+        for name in ("prompt_ids", "prompt_mask"):
+            if width < out[name].shape[1]:
+                out[name] = out[name][:, -width:]
+    return out
 
 
 def eval_batches(arrays: Arrays, batch_size: int) -> list[dict[str, np.ndarray]]:
