@@ -112,7 +112,7 @@ def dpo(workdir: str, policy: str) -> str:
 def ppo_curve(workdir: str, kind: str, seed: int, exports: dict[str, str]) -> dict:
     """One PPO run's evaluations: ``step``, held-out ``gold`` (± ``gold_stderr``), ``kl``."""
     from irl_jax import algorithms
-    from irl_jax.metrics import read_metrics
+    from irl_jax.metrics import policy_evaluations, read_metrics
 
     run_dir = os.path.join(workdir, f"ppo_{kind}_{seed}")
     rows = read_metrics(run_dir) if os.path.isfile(os.path.join(run_dir, "metrics.jsonl")) else []
@@ -131,15 +131,15 @@ def ppo_curve(workdir: str, kind: str, seed: int, exports: dict[str, str]) -> di
             dpo_coef=_KL_COEF.value if _RTO_COEF.value is None else _RTO_COEF.value,
         )
         algorithms.run(config, run_dir)
-        rows = read_metrics(run_dir)
-    rows = [r for r in rows if "eval/kl_mean" in r]
-    return {
-        "step": [r["step"] for r in rows],
-        "gold": [r["eval/reward/gold_mean"] for r in rows],
-        "gold_stderr": [r["eval/reward/gold_stderr"] for r in rows],
-        "kl": [r["eval/kl_mean"] for r in rows],
-        "sft_gold": rows[0]["eval/ref_reward/gold_mean"] if rows else float("nan"),
-    }
+    curve = policy_evaluations(
+        run_dir,
+        gold="eval/reward/gold_mean",
+        gold_stderr="eval/reward/gold_stderr",
+        kl="eval/kl_mean",
+        sft_gold="eval/ref_reward/gold_mean",
+    )
+    curve["sft_gold"] = curve["sft_gold"][0] if curve["sft_gold"] else float("nan")
+    return curve
 
 
 def iterations_to(curve: dict, target: float) -> float:

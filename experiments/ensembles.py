@@ -173,7 +173,7 @@ def bon_points(workdir: str, policy: str, name: str, proxy) -> dict:
 
 
 def rl_points(workdir: str, policy: str, name: str, proxy) -> dict:
-    from irl_jax.metrics import read_metrics
+    from irl_jax.metrics import policy_evaluations
 
     config = rlhf.get_config()
     config.init_from = policy
@@ -185,15 +185,16 @@ def rl_points(workdir: str, policy: str, name: str, proxy) -> dict:
         config.batch_size = 8
     run_dir = os.path.join(workdir, f"grpo_{name.replace(' ', '_')}")
     _run(config, run_dir)
-    rows = [r for r in read_metrics(run_dir) if "eval/kl_mean" in r]
-    return {
-        "step": [r["step"] for r in rows],
-        "kl": [r["eval/kl_mean"] for r in rows],
-        "gold": [r["eval/reward/gold_mean"] for r in rows],
-        "gold_stderr": [r["eval/reward/gold_stderr"] for r in rows],
-        "proxy": [r["eval/reward/model_mean"] for r in rows],
-        "sft_gold": rows[0]["eval/ref_reward/gold_mean"] if rows else float("nan"),
-    }
+    points = policy_evaluations(
+        run_dir,
+        kl="eval/kl_mean",
+        gold="eval/reward/gold_mean",
+        gold_stderr="eval/reward/gold_stderr",
+        proxy="eval/reward/model_mean",
+        sft_gold="eval/ref_reward/gold_mean",
+    )
+    points["sft_gold"] = points["sft_gold"][0] if points["sft_gold"] else float("nan")
+    return points
 
 
 def at_kl(points: dict, kl: float) -> float:

@@ -123,7 +123,7 @@ def bon_points(workdir: str, policy: str, reward_model: str, size: str) -> dict:
 
 def rl_points(workdir: str, policy: str, reward_model: str, size: str, method: str) -> dict:
     """Gains over the SFT policy at every evaluation of an RL run against the proxy."""
-    from irl_jax.metrics import read_metrics
+    from irl_jax.metrics import policy_evaluations
 
     config = RL_CONFIGS[method]()
     config.init_from, config.reward.model = policy, reward_model
@@ -137,15 +137,21 @@ def rl_points(workdir: str, policy: str, reward_model: str, size: str, method: s
             config.ppo.num_minibatches = 1
     run_dir = os.path.join(workdir, f"{method}_{size}")
     _run(config, run_dir)
-    rows = [r for r in read_metrics(run_dir) if "eval/kl_mean" in r]
-    gold0 = rows[0]["eval/ref_reward/gold_mean"]
-    proxy0 = rows[0]["eval/ref_reward/model_mean"]
+    p = policy_evaluations(
+        run_dir,
+        kl="eval/kl_mean",
+        gold="eval/reward/gold_mean",
+        gold_stderr="eval/reward/gold_stderr",
+        proxy="eval/reward/model_mean",
+        gold0="eval/ref_reward/gold_mean",
+        proxy0="eval/ref_reward/model_mean",
+    )
     return {
-        "step": [r["step"] for r in rows],
-        "d": [float(np.sqrt(max(r["eval/kl_mean"], 0.0))) for r in rows],
-        "gold": [r["eval/reward/gold_mean"] - gold0 for r in rows],
-        "gold_stderr": [r["eval/reward/gold_stderr"] for r in rows],
-        "proxy": [r["eval/reward/model_mean"] - proxy0 for r in rows],
+        "step": p["step"],
+        "d": [float(np.sqrt(max(kl, 0.0))) for kl in p["kl"]],
+        "gold": [g - p["gold0"][0] for g in p["gold"]],
+        "gold_stderr": p["gold_stderr"],
+        "proxy": [m - p["proxy0"][0] for m in p["proxy"]],
     }
 
 

@@ -147,6 +147,15 @@ def read_metrics(workdir: str) -> list[dict[str, float]]:
     return _read_rows(os.path.join(workdir, "metrics.jsonl"))[0]
 
 
+def policy_evaluations(workdir: str, **columns: str) -> dict[str, list[float]]:
+    """The policy evaluations logged in ``WORKDIR/metrics.jsonl`` (the rows with
+    ``eval/kl_mean``) as columns: ``step``, and ``name`` → that metric for each ``name=metric``
+    given, e.g. ``policy_evaluations(run, gold="eval/reward/gold_mean")``."""
+    rows = [r for r in read_metrics(workdir) if "eval/kl_mean" in r]
+    named = {name: [r[key] for r in rows] for name, key in columns.items()}
+    return {"step": [r["step"] for r in rows], **named}
+
+
 def progress_bar(total: int, initial: int, description: str) -> tqdm.tqdm:
     """A tqdm bar with rate and ETA (silent on processes other than 0)."""
     return tqdm.tqdm(
