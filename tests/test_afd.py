@@ -104,12 +104,14 @@ def test_init_sft_end_to_end_on_random_policies(tmp_path):
     validate_config(config)
     setup = setup_lib.setup(config)
     pairs = afd.training_pairs(setup)
-    assert pairs["chosen_input_ids"].shape == (32, 40 + 16)
+    # The prompts padded to their longest (not to the 40-token budget), then 16 new tokens.
+    width = setup_lib.prompt_arrays(config, TOKENIZER, 32, config.data.seed)["prompt_ids"].shape[1]
+    assert width < 40 and pairs["chosen_input_ids"].shape == (32, width + 16)
     # Both sides: the same left-padded prompt, then the response.
     np.testing.assert_array_equal(
-        pairs["chosen_input_ids"][:, :40], pairs["rejected_input_ids"][:, :40]
+        pairs["chosen_input_ids"][:, :width], pairs["rejected_input_ids"][:, :width]
     )
-    assert np.all(pairs["chosen_loss_mask"][:, :40] == 0)
+    assert np.all(pairs["chosen_loss_mask"][:, :width] == 0)
     metrics = afd.train(config, str(tmp_path / "run"))
     for key in ("eval/gold_accuracy", "eval/bon_gain", "eval/style_effect"):
         assert np.isfinite(metrics[key]), key

@@ -243,6 +243,23 @@ def test_prompt_buckets_cut_padding_only_and_agree_across_processes():
     assert set(widths) == {7, 8}, widths
 
 
+def test_prompt_arrays_are_as_wide_as_their_longest_prompt():
+    """The preference task's prompts (at most 9 tokens) come padded to their longest prompt,
+    not to the 48-token budget: the budget-wide tokenization's rows minus padding columns."""
+    config = rl_config()
+    config.data.task = "preference"
+    config.data.max_length, config.data.max_prompt_length = 48, 0
+    tokenizer = policy_gradient.build(config).setup.tokenizer
+    arrays = setup_lib.prompt_arrays(config, tokenizer, 256, 0)
+    rows = [{"prompt": p} for p in setup_lib.task_of(config).prompts(256, 0)]
+    wide = setup_lib.tokenize(config, tokenizer, rows, "prompt")
+    lengths = wide["prompt_mask"].sum(-1)
+    width = arrays["prompt_ids"].shape[1]
+    assert wide["prompt_ids"].shape[1] == 48 > width == lengths.max() > lengths.min()
+    for name in ("prompt_ids", "prompt_mask"):
+        np.testing.assert_array_equal(arrays[name], wide[name][:, -width:])
+
+
 def test_prompt_buckets_give_full_padding_metrics_and_compile_once_per_width():
     """A GRPO iteration on bucketed prompts equals the full-width iteration on the same rows
     with the same rng; after one iteration per width nothing compiles again."""

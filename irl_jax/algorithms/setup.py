@@ -24,7 +24,7 @@ from irl_jax import rewards as rewards_lib
 from irl_jax import sharding as sharding_lib
 from irl_jax import user_rewards
 from irl_jax.config import ConfigError, lora_settings, reward_model_paths
-from irl_jax.data.iterator import BatchIterator
+from irl_jax.data.iterator import BatchIterator, trim_prompts
 from irl_jax.models import ModelConfig, Transformer, hf, lora
 from irl_jax.models import source as model_source
 from irl_jax.train import ModelState, TrainState, create_model, create_state, train_loop
@@ -192,15 +192,20 @@ def prompt_arrays(
 ) -> dict[str, np.ndarray]:
     """Left-padded ``prompt_ids``/``prompt_mask`` ``[num, P]``: the synthetic task's prompts of
     ``split`` (evaluation prompts never occur in training), or the first ``num`` prompts of
-    ``data.path`` (``split="train"``) / ``data.eval_path`` (``"eval"``, else ``data.path``)."""
+    ``data.path`` (``split="train"``) / ``data.eval_path`` (``"eval"``, else ``data.path``).
+
+    P is the longest of these prompts, not the prompt budget (``data.max_prompt_length``, else
+    ``data.max_length``), which only truncates: every sampler, reference and update then runs
+    on no more prompt columns than the data needs (one static width, compiled once; what
+    ``data.prompt_buckets`` cuts further per batch)."""
     task = task_of(config)
     if task is None:
         source = config.data.eval_path if split == "eval" and config.data.eval_path else None
         source = source or config.data.path
     else:
         source = [{"prompt": p} for p in task.prompts(num, seed, split=split)]
-    arrays = tokenize(config, tokenizer, source, "prompt")
-    return {k: v[:num] for k, v in arrays.items()}
+    arrays = {k: v[:num] for k, v in tokenize(config, tokenizer, source, "prompt").items()}
+    return trim_prompts(arrays, max(int(arrays["prompt_mask"].sum(-1).max(initial=0)), 1))
 
 
 # ----------------------------------------------------------------------------- rewards

@@ -167,12 +167,19 @@ def _norm(config: ModelConfig, name: str) -> nn.Module:
 
 def _dense(config: ModelConfig, features, axes, *, use_bias: bool, name: str, axis=-1):
     """A Dense layer with kernel axes ``axes``; with ``config.lora``, a ``LoraDense`` (the same
-    params and arithmetic, plus adapters / a quantized kernel on the targeted layers)."""
+    params and arithmetic, plus adapters / a quantized kernel on the targeted layers).
+
+    The layer sees its input with the leading (batch, length) axes merged into one row axis:
+    the same arithmetic, but the weight gradient is then one plain matmul over rows, where a
+    contraction over two axes makes XLA:CPU transpose the output gradient (fused with the
+    activation's backward) first, which made a Llama MLP's backward 2x slower
+    (``benchmarks/rl_iteration.py``)."""
     features_t = features if isinstance(features, tuple) else (features,)
+    axis_t = axis if isinstance(axis, tuple) else (axis,)
     if config.lora is not None:
-        return LoraDense(
+        layer = LoraDense(
             features=features_t,
-            axis=axis if isinstance(axis, tuple) else (axis,),
+            axis=axis_t,
             use_bias=use_bias,
             kernel_axes=tuple(axes),
             dtype=config.compute_dtype,
@@ -180,16 +187,24 @@ def _dense(config: ModelConfig, features, axes, *, use_bias: bool, name: str, ax
             lora=config.lora,
             name=name,
         )
-    return nn.DenseGeneral(
-        features=features,
-        axis=axis,
-        use_bias=use_bias,
-        dtype=config.compute_dtype,
-        param_dtype=config.weight_dtype,
-        kernel_init=_dense_init(axes),
-        bias_init=_zeros_init(axes[-len(features_t) :]),
-        name=name,
-    )
+    else:
+        layer = nn.DenseGeneral(
+            features=features,
+            axis=axis,
+            use_bias=use_bias,
+            dtype=config.compute_dtype,
+            param_dtype=config.weight_dtype,
+            kernel_init=_dense_init(axes),
+            bias_init=_zeros_init(axes[-len(features_t) :]),
+            name=name,
+        )
+
+    def apply(x: jax.Array) -> jax.Array:
+        lead = x.shape[: x.ndim - len(axis_t)]
+        y = layer(x.reshape(-1, *x.shape[len(lead) :]))
+        return y.reshape(*lead, *y.shape[1:])
+
+    return apply
 
 
 class Attention(nn.Module):
