@@ -19,8 +19,10 @@ repeats with min–max. Our side also times each phase as its own jitted functio
 shapes (sample, score, reference log-probs, update), with FLOPs from XLA's cost analysis, and
 states a lower bound per iteration: compute phases at the matmul peak measured in the same
 run, decoding at the larger of its FLOPs at that peak and its weight + cache streaming at the
-measured memory bandwidth. PPO's iteration (same settings, a critic of the policy's shape) is
-timed beside the critic's forward + backward on the same rows. Results go to ``--output``.
+measured memory bandwidth (the peak: the larger median rate of 1024² and 2048² fp32 matmuls
+through XLA; PyTorch's is recorded beside it). PPO's iteration (same settings, one update of a
+critic of the policy's shape) is timed beside the critic's forward + backward on the same rows.
+Results go to ``--output``.
 """
 
 from __future__ import annotations
@@ -232,6 +234,21 @@ def memory_bandwidth(repeats: int) -> float:
     return x.size * 4 / seconds
 
 
+def torch_matmul_peak(repeats: int) -> float:
+    """PyTorch's fp32 matmul FLOP/s on this machine (the larger of 1024² and 2048²), for
+    comparison with XLA's: the kernels TRL's step runs on."""
+    import torch
+
+    from benchmarks.timing import median_seconds
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rates = []
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        rates.append(2 * n**3 / median_seconds(lambda a=a, b=b: a @ b, repeats))
+    return max(rates)
+
+
 def critic_seconds(ours: Ours, repeats: int) -> float:
     """Seconds of the PPO critic's forward + backward (its value loss gradient) on one
     iteration's rows (sampled by the policy; values, advantages and returns zero: the cost does
@@ -371,10 +388,12 @@ def race(shape: Shape, repeats: int, iterations: int, with_trl: bool, prompt_bud
     measured = phases(grpo, max(repeats, 3))
     entry["prompt_width"] = measured["prompt_width"]
     entry["phases"] = {k: v for k, v in measured.items() if isinstance(v, dict)}
-    peak = matmul_peak(max(repeats, 3), 1024)
+    peak = max(matmul_peak(max(repeats, 3), n) for n in (1024, 2048))
     bandwidth = memory_bandwidth(repeats)
     params = param_count(grpo.state.models["policy"].params)
     entry["machine_peaks"] = {"matmul_flops_per_s": peak, "memory_bytes_per_s": bandwidth}
+    if trl is not None:
+        entry["machine_peaks"]["torch_matmul_flops_per_s"] = torch_matmul_peak(max(repeats, 3))
     entry["params"] = params
     entry["bound_seconds"] = bounds(shape, measured, params, peak, bandwidth)
     for name, phase in entry["phases"].items():
