@@ -86,6 +86,11 @@ def test_sample_metrics_hand_computed():
     )
     assert metrics["eval/demo/off_support_rate"] == 0.5
     assert metrics["eval/demo/style_rate"] == 0.5
+    # On the support: the first response only, π(S) = ½, unsmoothed.
+    on_kl = -0.5 * len(on) - task.demonstrator_logprob(prompt, "the soup was tasty indeed .")
+    np.testing.assert_allclose(
+        metrics["eval/demo/reverse_kl_in_support"], on_kl + math.log(2), rtol=1e-10
+    )
 
 
 def test_the_demonstrator_itself_is_at_zero_divergence():

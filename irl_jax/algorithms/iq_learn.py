@@ -12,7 +12,8 @@ same-prompt pairs, Spearman ρ within each prompt's candidates and across all of
 same for plain log π(y|x); and ``samples_per_prompt`` samples to each of ``policy_eval``'s
 held-out prompts: gold reward, the share of samples the demonstrator can produce
 (``demonstrator_support``), the reverse KL to the demonstrator on that support
-(``reverse_kl_in_support``), distinct-2 and self-BLEU.
+(``evaluation.divergence.reverse_kl_in_support``, which every policy evaluation also
+reports from token log-probs as ``eval/demo/reverse_kl_in_support``), distinct-2 and self-BLEU.
 The trained policy is exported as a causal LM; ``policy_rewards.ImpliedReward(params, cfg,
 gamma)`` is its reward source.
 """
@@ -36,6 +37,7 @@ from irl_jax.config import check_fields, require
 from irl_jax.evaluation import diversity
 from irl_jax.evaluation import reward as reward_eval
 from irl_jax.evaluation.batches import map_rows
+from irl_jax.evaluation.divergence import reverse_kl_in_support
 from irl_jax.models import ModelConfig, Transformer
 from irl_jax.objectives.imitation import implied_rewards, iq_learn_loss
 from irl_jax.objectives.logprobs import masked_sum, next_token_entropy, next_token_logprobs
@@ -177,16 +179,6 @@ def make_sample_fn(setup: setup_lib.Setup, samples_per_prompt: int):
         }
 
     return jax.jit(sample, out_shardings=sharding_lib.replicated(setup.mesh))
-
-
-def reverse_kl_in_support(logps: np.ndarray, demo_logps: np.ndarray) -> float:
-    """KL(π_S ‖ π_demo) of the policy conditioned on the demonstrator's support S, from samples
-    y ∼ π with log π(y|x) = ``logps`` and log π_demo(y|x) = ``demo_logps`` (−∞ outside S):
-    E_π[log π − log π_demo | S] − log π(S). (KL(π ‖ π_demo) itself is ∞ once π(S) < 1.)"""
-    support = np.isfinite(demo_logps)
-    if not support.any():
-        return math.nan
-    return float(np.mean(logps[support] - demo_logps[support]) - np.log(support.mean()))
 
 
 def sample_metrics(setup: setup_lib.Setup, samples: dict[str, np.ndarray], prompts) -> dict:

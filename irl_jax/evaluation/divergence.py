@@ -13,6 +13,10 @@ demonstrator π_demo are estimated, not guessed. Metric names (``eval/demo/...``
   vocabulary, ε = ``SMOOTHING`` = 0.01), which is finite everywhere; once a prefix has left the
   demonstrator's support its continuation is uniform (π̃_demo = 1/V). log π is the sampling
   distribution's (log softmax(logits / T) at the evaluation temperature, no top-k/p).
+* ``reverse_kl_in_support``: KL(π_S ‖ π_demo) of the policy conditioned on the
+  demonstrator's support S (``reverse_kl_in_support``), unsmoothed: E_π[log π − log π_demo | S]
+  − log π(S) from the samples on S (NaN when none is). The IQ-Learn sweep's frontier reads it;
+  it complements the smoothed KL, which charges every off-support sample log(V/ε)-ish nats.
 * ``forward_kl_mean`` / ``_stderr``: KL(π_demo ‖ π) per response on held-out demonstrations
   (those that fit ``data.max_length`` whole),
   (1/m) Σ_j [log π_demo(y_j | x_j) − log π(y_j | x_j)] with π teacher-forced (temperature 1)
@@ -50,6 +54,16 @@ def demonstrator_token_logprobs(
         length = int(mask.sum())
         out[row, :length] = task.demonstrator_token_logprobs(prompt, [int(t) for t in ids[:length]])
     return out
+
+
+def reverse_kl_in_support(logps: np.ndarray, demo_logps: np.ndarray) -> float:
+    """KL(π_S ‖ π_demo) of the policy conditioned on the demonstrator's support S, from samples
+    y ∼ π with log π(y|x) = ``logps`` and log π_demo(y|x) = ``demo_logps`` (−∞ outside S):
+    E_π[log π − log π_demo | S] − log π(S). (KL(π ‖ π_demo) itself is ∞ once π(S) < 1.)"""
+    support = np.isfinite(demo_logps)
+    if not support.any():
+        return math.nan
+    return float(np.mean(logps[support] - demo_logps[support]) - np.log(support.mean()))
 
 
 def smoothed_logprobs(
@@ -94,10 +108,13 @@ def sample_metrics(
     ended = np.any(mask & (response_ids == eos_id), axis=-1)
     off_support = np.any(mask & ~np.isfinite(demo), axis=-1) | ~ended
     kl_mean, kl_stderr = mean_and_stderr(log_ratio.sum(-1))
+    sequence_logps = np.where(mask, np.asarray(logprobs, np.float64), 0.0).sum(-1)
+    demo_sequence = np.where(off_support, -np.inf, np.where(mask, demo, 0.0).sum(-1))
     return {
         f"{PREFIX}off_support_rate": float(off_support.mean()),
         f"{PREFIX}reverse_kl_mean": kl_mean,
         f"{PREFIX}reverse_kl_stderr": kl_stderr,
+        f"{PREFIX}reverse_kl_in_support": reverse_kl_in_support(sequence_logps, demo_sequence),
         f"{PREFIX}smoothing": eps,
         f"{PREFIX}style_rate": float(np.any(mask & (response_ids == style_id), axis=-1).mean()),
     }
