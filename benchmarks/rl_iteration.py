@@ -28,7 +28,6 @@ Results go to ``--output``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -36,6 +35,8 @@ import tempfile
 import time
 
 from absl import app, flags
+
+from benchmarks.timing import write_results
 
 _FAST = flags.DEFINE_bool("fast", False, "A tiny shape and one repeat (CI smoke mode).")
 _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/rl_iteration.json", "JSON output.")
@@ -136,6 +137,20 @@ def _flops(jitted, *args) -> float:
     return float(analysis.get("flops", 0.0))
 
 
+def jitted_sampler(model_config, sampling):
+    """``sample(params, prompt batch, rng) -> rollout.Samples``, jitted (the rollout's first
+    phase on its own)."""
+    import jax
+
+    from irl_jax import rollout
+
+    return jax.jit(
+        lambda p, b, k: rollout.sample(
+            model_config, p, b["prompt_ids"], b["prompt_mask"], rng=k, settings=sampling
+        )
+    )
+
+
 def phases(ours: Ours, repeats: int) -> dict[str, dict[str, float]]:
     """Seconds and XLA FLOPs of each GRPO phase as its own jitted function."""
     import jax
@@ -160,11 +175,7 @@ def phases(ours: Ours, repeats: int) -> dict[str, dict[str, float]]:
     )
     rng = jax.random.key(0)
     jitted = {
-        "sample": jax.jit(
-            lambda p, b, k: rollout.sample(
-                model_config, p, b["prompt_ids"], b["prompt_mask"], rng=k, settings=sampling
-            )
-        ),
+        "sample": jitted_sampler(model_config, sampling),
         "score": jax.jit(rollout.score),
         "reference": jax.jit(
             lambda p, s: rollout.reference_logprobs(model_config, p, s, sampling.temperature)
@@ -265,11 +276,8 @@ def critic_seconds(ours: Ours, repeats: int) -> float:
     sampling = rollout.SamplingSettings.from_config(config.sampling)
     batch = ours.device_put(next(ours.batches))
     with jax.set_mesh(setup.mesh):
-        samples = jax.jit(
-            lambda p, b, k: rollout.sample(
-                setup.model_config, p, b["prompt_ids"], b["prompt_mask"], rng=k, settings=sampling
-            )
-        )(state.models["policy"].params, batch, jax.random.key(0))
+        sample = jitted_sampler(setup.model_config, sampling)
+        samples = sample(state.models["policy"].params, batch, jax.random.key(0))
         zeros = jnp.zeros(samples.response_ids.shape, jnp.float32)
         data = ppo.Rollout(samples, zeros, zeros, zeros)
         value_loss = ppo.make_value_loss(ValueModel(setup.model_config), config)
@@ -459,10 +467,7 @@ def main(argv: list[str]) -> None:
         },
     }
     print(table(results))
-    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-    with open(_OUTPUT.value, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {_OUTPUT.value}")
+    write_results(results, _OUTPUT.value)
 
 
 if __name__ == "__main__":

@@ -15,13 +15,12 @@ fake-device flag. Results go to ``--output`` as JSON.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 
 from absl import app, flags
 
-from benchmarks.timing import matmul_peak
+from benchmarks.timing import matmul_peak, write_results
 
 _FAST = flags.DEFINE_bool("fast", False, "Tiny sizes and one repeat (CI smoke mode).")
 _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/throughput.json", "JSON output.")
@@ -117,10 +116,7 @@ def main(argv: list[str]) -> None:
     repeats = 1 if _FAST.value else _REPEATS.value
     results = run(sizes, workload, repeats, _TORCH.value)
     print(table(results))
-    os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-    with open(_OUTPUT.value, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    print(f"wrote {_OUTPUT.value}")
+    write_results(results, _OUTPUT.value)
 
 
 if __name__ == "__main__":

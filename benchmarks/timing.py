@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -29,3 +31,11 @@ def matmul_peak(repeats: int, n: int) -> float:
     matmul = jax.jit(jnp.matmul)
     seconds = median_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
     return 2 * n**3 / seconds
+
+
+def write_results(results: dict, path: str) -> None:
+    """Writes a benchmark's results as indented JSON (creating the folder) and says where."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    print(f"wrote {path}")
