@@ -103,6 +103,7 @@ def lora_config() -> ml_collections.ConfigDict:
             "targets": DEFAULT_TARGETS,  # regex over Dense module paths (layer_0/attn/q, …)
             "quantize": "none",  # QLoRA: "int8" or "int4" frozen base kernels
             "group_size": 64,  # int4 absmax group along the contracted axis
+            "embeddings": False,  # also train the token embedding table (a full-size delta)
         }
     )
 
@@ -139,6 +140,12 @@ def check_lora(section: ml_collections.ConfigDict) -> None:
         section.quantize == "none" or section.rank > 0,
         "lora.quantize",
         "a quantized (frozen) base needs adapters to train: set lora.rank > 0",
+    )
+    require(
+        not section.get("embeddings", False) or section.rank > 0,
+        "lora.embeddings",
+        "trains the embedding table beside the adapters: set lora.rank > 0 (rank 0 is full "
+        "fine-tuning, which trains it anyway)",
     )
     try:
         re.compile(section.targets)

@@ -5,6 +5,7 @@ by ``transformers``, quantized bases, and one LoRA step of every algorithm."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import peft
 import pytest
 import transformers
@@ -13,6 +14,7 @@ from hf_utils import gpt2_config, hf_logits, llama_config, make_model, padded_ba
 from irl_jax import algorithms, sharding
 from irl_jax.algorithms import experiment_config, sft
 from irl_jax.algorithms import setup as setup_lib
+from irl_jax.checkpoint import CheckpointManager
 from irl_jax.config import ConfigError
 from irl_jax.models import Transformer, hf, lora, preset
 from irl_jax.models import source as model_source
@@ -44,10 +46,11 @@ def _logits(cfg, params, ids):
 
 
 def randomized_adapters(params, seed=1, scale=0.05):
-    """``params`` with every ``lora_b`` random (an adapter that changes the model)."""
+    """``params`` with every ``lora_b`` and embedding delta random (adapters that change the
+    model)."""
 
     def perturb(path, x):
-        if lora.path_name(path).endswith("lora_b"):
+        if lora.path_name(path).endswith(("lora_b", lora.EMBEDDING_DELTA)):
             key = jax.random.fold_in(jax.random.key(seed), hash(lora.path_name(path)) % 2**31)
             return scale * jax.random.normal(key, x.shape, x.dtype)
         return x
@@ -99,6 +102,32 @@ def test_lora_at_init_is_the_base_and_adapters_off_is_the_base():
     grads = jax.jit(jax.grad(loss))(trainable)
     names = {lora.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(grads)}
     assert names and all(lora.is_adapter(n) for n in names)
+
+
+def test_trained_embeddings_add_one_table_and_start_at_the_base():
+    """``lora.embeddings``: the table's delta is trained beside the adapters (V · D more
+    params, with Adam moments), starts at zero (the base model exactly) and is off with the
+    adapters; the tied output projection moves with it."""
+    cfg = lora_config(embeddings=True)
+    params = init(cfg)
+    table = params["embed"]
+    assert set(table) == {"embedding", lora.EMBEDDING_DELTA}
+    expected_count = analytic_count(cfg, RANK) + cfg.vocab_size * cfg.hidden_size
+    assert lora.count_trainable(params) == expected_count
+    trainable, _ = lora.split(params)
+    assert trainable["embed"]["embedding"] is None  # the base table stays frozen
+    base = lora.without_adapters(params)
+    np.testing.assert_array_equal(logits(cfg, params), logits(CFG, base))
+    moved = randomized_adapters(params)
+    only_table = lora.with_adapters(params, {"embed": moved["embed"]})
+    assert float(jnp.max(jnp.abs(logits(cfg, only_table) - logits(CFG, base)))) > 1e-3
+    np.testing.assert_array_equal(logits(cfg, lora.without_adapters(moved)), logits(CFG, base))
+    merged = lora.merge(moved, cfg.lora.scale)
+    np.testing.assert_allclose(logits(CFG, merged), logits(cfg, moved), atol=1e-5, rtol=0)
+    config = experiment_config("sft")
+    config.lora.embeddings = True
+    with pytest.raises(ConfigError, match="config.lora.embeddings"):
+        algorithms.validate_config(config)
 
 
 def test_adapter_dropout_needs_a_dropout_rng():
@@ -158,17 +187,24 @@ def test_merged_export_loads_in_transformers(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("model_cls", "make_config"),
-    [(transformers.LlamaForCausalLM, llama_config), (transformers.GPT2LMHeadModel, gpt2_config)],
+    ("model_cls", "make_config", "embeddings"),
+    [
+        (transformers.LlamaForCausalLM, llama_config, False),
+        (transformers.GPT2LMHeadModel, gpt2_config, False),
+        (transformers.LlamaForCausalLM, llama_config, True),
+        (transformers.GPT2LMHeadModel, gpt2_config, True),
+    ],
+    ids=["llama", "gpt2", "llama-embeddings", "gpt2-tied-embeddings"],
 )
-def test_peft_adapter_loads_onto_the_base_in_peft(tmp_path, model_cls, make_config):
+def test_peft_adapter_loads_onto_the_base_in_peft(tmp_path, model_cls, make_config, embeddings):
     """The export's unmerged adapters (``peft_adapter/``), loaded by ``peft`` onto the base
     checkpoint, give our LoRA model's logits (Llama's ``Linear``; GPT-2's fused ``Conv1D``
-    c_attn with ``fan_in_fan_out``)."""
+    c_attn with ``fan_in_fan_out``; a trained embedding table as ``modules_to_save``, tied to
+    GPT-2's head)."""
     source = save(make_model(model_cls, make_config()), tmp_path / "src")
     cfg, base = hf.load_pretrained(source)
     ids, mask = padded_batch(np.random.default_rng(0), [13, 8], 13, "left")
-    lcfg = cfg.replace(lora=lora.LoraConfig(rank=RANK, alpha=8.0))
+    lcfg = cfg.replace(lora=lora.LoraConfig(rank=RANK, alpha=8.0, embeddings=embeddings))
     init_params = lambda: Transformer(lcfg).init(jax.random.key(2), ids, mask)["params"]
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
     abstract = sharding.tree_shardings(jax.eval_shape(init_params), mesh)
@@ -179,12 +215,15 @@ def test_peft_adapter_loads_onto_the_base_in_peft(tmp_path, model_cls, make_conf
     base_model = transformers.AutoModelForCausalLM.from_pretrained(
         source, attn_implementation="eager"
     )
-    loaded = peft.PeftModel.from_pretrained(base_model, adapter).eval()
     real = mask.astype(bool)
+    base_logits = hf_logits(base_model, ids, mask)[real]
+    loaded = peft.PeftModel.from_pretrained(base_model, adapter).eval()
     np.testing.assert_allclose(hf_logits(loaded, ids, mask)[real], ours[real], atol=1e-4, rtol=0)
     # The adapters do change the model: with them disabled peft gives the base's logits.
     with loaded.disable_adapter():
-        assert not np.allclose(hf_logits(loaded, ids, mask)[real], ours[real], atol=1e-3)
+        disabled = hf_logits(loaded, ids, mask)[real]
+    assert not np.allclose(disabled, ours[real], atol=1e-3)
+    np.testing.assert_allclose(disabled, base_logits, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -331,6 +370,34 @@ def test_one_lora_step_of_every_algorithm(algorithm, policy_dir, tmp_path, monke
             assert np.all(np.isfinite(value)), key
 
 
+def test_qlora_with_trained_embeddings_resumes_exactly(policy_dir, tmp_path, monkeypatch):
+    """DPO with int4 QLoRA adapters and a trained embedding delta, killed after 2 of 4 steps
+    and resumed: the step-4 checkpoint (int4 base, adapters, delta, Adam moments, the
+    ``SharedBase`` reference) equals an uninterrupted run's bit for bit."""
+    from irl_jax.algorithms import direct
+
+    # The policy evaluation (sampling) is left out: the runs check the state, not the metrics.
+    monkeypatch.setattr(setup_lib, "policy_evaluator", lambda setup: lambda *_: ({}, []))
+
+    def run(workdir, num_steps):
+        config = tiny("direct", policy_dir)
+        config.update(num_steps=num_steps, checkpoint_every=2)
+        config.lora.update(quantize="int4", group_size=32, embeddings=True)
+        config.optimizer.schedule = "constant"
+        direct.train(config, str(workdir))
+
+    run(tmp_path / "straight", 4)
+    run(tmp_path / "resumed", 2)
+    run(tmp_path / "resumed", 4)
+    straight, resumed = (
+        CheckpointManager(str(tmp_path / n)).read(4) for n in ("straight", "resumed")
+    )
+    names = {lora.path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(straight)}
+    assert any(n.endswith(lora.EMBEDDING_DELTA) for n in names)
+    assert any(n.endswith("kernel_scale") for n in names)
+    jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+
+
 def test_lora_step_needs_less_memory_than_full_fine_tuning():
     """XLA's memory analysis of the compiled SFT step of gpt2-d768 (6 layers, scanned) on one
     device: with LoRA the optimizer state is the adapters' and no gradient of the base is
@@ -407,6 +474,31 @@ def test_lora_grpo_improves_the_gold_reward_of_the_sft_policy(preference_sft, tm
     trained = sum(x.size for x in jax.tree.leaves(lora.split(state.models["policy"].params)[0]))
     total = sum(x.size for x in jax.tree.leaves(state.models["policy"].params))
     assert trained <= 0.1 * total
+    gain = metrics["eval/reward/gold_mean"] - metrics["eval/ref_reward/gold_mean"]
+    stderr = np.hypot(metrics["eval/reward/gold_stderr"], metrics["eval/ref_reward/gold_stderr"])
+    assert gain > 2 * stderr, metrics
+
+
+def test_lora_dpo_with_trained_embeddings_improves_the_gold_reward(preference_sft, tmp_path):
+    """DPO with rank-2 adapters on every attention and MLP layer plus the trained embedding
+    table (``lora.embeddings``; 7.6 % of gpt2-tiny's params) from the shared SFT policy: the
+    evaluation on 256 held-out prompts beats the SFT start by more than 2 combined standard
+    errors (measured +0.61 ± 0.05). Adapters alone (rank 4, 6 %) do not (+0.04 ± 0.07): see the
+    README's LoRA section."""
+    from irl_jax.algorithms import direct
+
+    config = experiment_config("direct")
+    config.init_from = preference_sft
+    config.num_steps, config.batch_size = 150, 32
+    config.eval_every, config.log_every, config.export = 0, 50, False
+    config.data.num_train, config.data.num_eval, config.data.max_length = 4096, 256, 40
+    config.optimizer.learning_rate = 1e-3
+    config.direct.beta = 0.5
+    config.lora.rank, config.lora.alpha, config.lora.embeddings = 2, 16.0, True
+    metrics = direct.train(config, str(tmp_path))
+
+    params = setup_lib.create_policy(setup_lib.setup(config), optax.identity())[0].params
+    assert lora.count_trainable(params) <= 0.1 * sum(x.size for x in jax.tree.leaves(params))
     gain = metrics["eval/reward/gold_mean"] - metrics["eval/ref_reward/gold_mean"]
     stderr = np.hypot(metrics["eval/reward/gold_stderr"], metrics["eval/ref_reward/gold_stderr"])
     assert gain > 2 * stderr, metrics

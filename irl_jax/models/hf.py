@@ -457,8 +457,12 @@ def save_peft_adapter(path: str, config: ModelConfig, params: dict, base_model: 
     ``[out, r]``, scaled by ``lora_alpha / r``: ours ``lora_a [*in, r]`` / ``lora_b [r, *out]``
     flattened in the same order as the kernel's HF layout, and transposed. The base is the
     checkpoint the adapters were trained on (for QLoRA: its weights before quantization, which
-    the adapters approximate as the quantized ones they saw). ``base_model`` goes into
-    ``base_model_name_or_path``.
+    the adapters approximate as the quantized ones they saw). A trained embedding table
+    (``lora.embeddings``) is PEFT's ``modules_to_save``: the whole table (base + delta) as
+    ``base_model.model.<embedding module>.weight``, and for a model that ties its head to the
+    table the same table again as ``lm_head`` (PEFT 0.21's ``ensure_weight_tying`` does not
+    find GPT-2's tie; two saved copies keep the base's own table untouched, so disabling the
+    adapters gives the base). ``base_model`` goes into ``base_model_name_or_path``.
     """
     from safetensors.flax import save_file
 
@@ -466,12 +470,23 @@ def save_peft_adapter(path: str, config: ModelConfig, params: dict, base_model: 
     if settings is None:
         raise ValueError("save_peft_adapter: the model config has no LoRA settings (config.lora)")
     flat = _flat_unrolled(config, params, "causal_lm")
-    tensors, modules = {}, set()
+    tensors, modules, saved = {}, set(), []
     for rule in _rules(config, "causal_lm"):
+        stem = rule.ours.removesuffix("embedding")
+        if rule.ours == "embed/embedding" and stem + lora.EMBEDDING_DELTA in flat:
+            base, delta = (
+                np.asarray(jax.device_get(flat[n]), np.float32)
+                for n in (rule.ours, stem + lora.EMBEDDING_DELTA)
+            )
+            tensors["base_model.model." + rule.hf] = rule.to_hf(base + delta)
+            saved.append(rule.hf.removesuffix(".weight").rsplit(".", 1)[-1])
+            if config.tie_word_embeddings:  # the tied head: a second saved module, same table
+                tensors["base_model.model.lm_head.weight"] = tensors["base_model.model." + rule.hf]
+                saved.append("lm_head")
         stem = rule.ours.removesuffix("kernel")
         if not rule.ours.endswith("/kernel") or stem + "lora_a" not in flat:
             continue
-        a, b = (np.asarray(jax.device_get(flat[stem + n]), np.float32) for n in lora.ADAPTERS)
+        a, b = (np.asarray(jax.device_get(flat[stem + n]), np.float32) for n in lora.LOW_RANK)
         module = "base_model.model." + rule.hf.removesuffix(".weight")
         tensors[module + ".lora_A.weight"] = a.reshape(-1, settings.rank).T
         tensors[module + ".lora_B.weight"] = b.reshape(settings.rank, -1).T
@@ -491,6 +506,7 @@ def save_peft_adapter(path: str, config: ModelConfig, params: dict, base_model: 
         "bias": "none",
         "use_rslora": False,
         "inference_mode": True,
+        "modules_to_save": saved or None,
     }
     with open(os.path.join(path, "adapter_config.json"), "w", encoding="utf-8") as f:
         json.dump(adapter_config, f, indent=2)

@@ -19,7 +19,10 @@ is how a reference policy is "the same weights with the adapters off".
 Param trees: an adapted layer holds ``kernel`` (float, or int8/int4 with ``kernel_scale``),
 ``bias`` if any, ``lora_a`` ``[*in, r]`` and ``lora_b`` ``[r, *out]`` (a leading ``layers``
 axis under ``nn.scan``). Kernel names and shapes are those of ``nn.DenseGeneral``, so Hugging
-Face loading is unchanged; ``merge`` folds adapters (and dequantizes) for export.
+Face loading is unchanged; ``merge`` folds adapters (and dequantizes) for export. With
+``LoraConfig.embeddings`` the token table (``LoraEmbed``) is trained too, as a full-size
+``embedding_delta`` beside the frozen ``embedding`` (PEFT's ``modules_to_save``); it counts as
+an adapter everywhere (trained, kept by a ``SharedBase`` reference, removed with the adapters).
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ import numpy as np
 QUANTIZATIONS = ("none", "int8", "int4")
 # Attention q/k/v/o (GPT-2's fused qkv) and the MLP projections of every block.
 DEFAULT_TARGETS = r"attn/(q|k|v|o|qkv)$|mlp/(gate|up|down|fc|proj)$"
-ADAPTERS = ("lora_a", "lora_b")
+LOW_RANK = ("lora_a", "lora_b")
+EMBEDDING_DELTA = "embedding_delta"
+# Every trained leaf of a LoRA decoder: the low-rank factors and the embedding table's delta.
+ADAPTERS = (*LOW_RANK, EMBEDDING_DELTA)
 # Params of the decoder itself (a causal LM at the root, or a head model's ``transformer``):
 # with adapters present these are frozen; anything else (a reward or value head) is trained.
 _DECODER = re.compile(r"^(transformer/)?(embed|pos_embed|layers|layer_\d+|final_norm|lm_head)(/|$)")
@@ -60,6 +66,10 @@ class LoraConfig:
       quantize: ``none``, ``int8`` (per output channel) or ``int4`` (groups of ``group_size``
         along the last contracted axis) for the targeted layers' frozen kernels.
       group_size: int4 group size (a whole axis when it does not divide the axis).
+      embeddings: also train the token embedding table (PEFT's ``modules_to_save`` of the
+        embedding): ``LoraEmbed`` adds a full-size ``embedding_delta`` (zeros at init) to the
+        frozen table, so the adapters-off model is still the base; with tied embeddings the
+        output projection moves with it.
     """
 
     rank: int = 8
@@ -68,6 +78,7 @@ class LoraConfig:
     targets: str = DEFAULT_TARGETS
     quantize: str = "none"
     group_size: int = 64
+    embeddings: bool = False
 
     def __post_init__(self):
         if self.rank <= 0:
@@ -245,6 +256,50 @@ class LoraDense(nn.Module):
         return y + jnp.asarray(self.lora.scale, delta.dtype) * delta
 
 
+class LoraEmbed(nn.Module):
+    """``nn.Embed`` (same param name, shape, init and arithmetic) whose table can be trained
+    beside frozen base weights: with ``lora.embeddings`` it creates ``embedding_delta`` (zeros,
+    the table's logical axes) at init and looks up / attends with ``embedding + delta``
+    whenever its params hold one. Without a delta it is ``nn.Embed``.
+
+    Attributes:
+      num_embeddings, features: the table's shape ``[num_embeddings, features]``.
+      embedding_axes: its logical axis names.
+      embedding_init: the base table's initializer (boxed with ``embedding_axes`` here).
+      dtype, param_dtype: compute and storage dtypes.
+      lora: the settings.
+    """
+
+    num_embeddings: int
+    features: int
+    embedding_axes: tuple[str | None, ...]
+    embedding_init: Callable
+    dtype: Any
+    param_dtype: Any
+    lora: LoraConfig
+
+    def setup(self):
+        shape = (self.num_embeddings, self.features)
+        boxed = lambda init: nn.with_logical_partitioning(init, self.embedding_axes)
+        table = self.param("embedding", boxed(self.embedding_init), shape, self.param_dtype)
+        if self.has_variable("params", EMBEDDING_DELTA) or (
+            self.is_initializing() and self.lora.embeddings
+        ):
+            delta = self.param(
+                EMBEDDING_DELTA, boxed(nn.initializers.zeros_init()), shape, self.param_dtype
+            )
+            table = table + delta
+        self.table = table
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        (table,) = nn.dtypes.promote_dtype(self.table, dtype=self.dtype, inexact=False)
+        return jnp.take(table, inputs, axis=0)
+
+    def attend(self, query: jax.Array) -> jax.Array:
+        query, table = nn.dtypes.promote_dtype(query, self.table, dtype=self.dtype)
+        return jnp.dot(query, table.T)
+
+
 # ----------------------------------------------------------------------------- param trees
 
 
@@ -351,11 +406,16 @@ def _adapter_delta(
 
 def merge(params: Mapping, scale: float) -> dict:
     """A plain params tree with ``W' = dequantize(W) + scale · A B`` in every adapted or
-    quantized layer (kernel dtype: the adapters', i.e. the param dtype), adapters removed."""
+    quantized layer (kernel dtype: the adapters', i.e. the param dtype) and
+    ``embedding + embedding_delta`` for a trained embedding table, adapters removed."""
     out = {}
     for key, value in params.items():
         if not isinstance(value, Mapping):
             out[key] = value
+            continue
+        if EMBEDDING_DELTA in value:
+            table = jnp.asarray(value["embedding"], jnp.float32) + value[EMBEDDING_DELTA]
+            out[key] = {"embedding": table.astype(value[EMBEDDING_DELTA].dtype)}
             continue
         if "kernel" not in value or not ({"lora_a", "kernel_scale"} & set(value)):
             out[key] = merge(value, scale)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irl_jax.models.config import ModelConfig
-from irl_jax.models.lora import LoraDense
+from irl_jax.models.lora import LoraDense, LoraEmbed
 from irl_jax.sharding import constrain
 
 _INIT_STD = 0.02
@@ -163,6 +163,30 @@ def _norm(config: ModelConfig, name: str) -> nn.Module:
             name=name,
         )
     return RMSNorm(config.norm_eps, config.compute_dtype, config.weight_dtype, name=name)
+
+
+def _embed(config: ModelConfig) -> nn.Module:
+    """The token embedding table (``[vocab, embed]``); with ``config.lora`` a ``LoraEmbed``
+    (the same params and arithmetic, plus a trained delta with ``lora.embeddings``)."""
+    if config.lora is not None:
+        return LoraEmbed(
+            config.vocab_size,
+            config.hidden_size,
+            embedding_axes=("vocab", "embed"),
+            embedding_init=nn.initializers.normal(_INIT_STD),
+            dtype=config.compute_dtype,
+            param_dtype=config.weight_dtype,
+            lora=config.lora,
+            name="embed",
+        )
+    return nn.Embed(
+        config.vocab_size,
+        config.hidden_size,
+        dtype=config.compute_dtype,
+        param_dtype=config.weight_dtype,
+        embedding_init=_dense_init(("vocab", "embed")),
+        name="embed",
+    )
 
 
 def _dense(config: ModelConfig, features, axes, *, use_bias: bool, name: str, axis=-1):
@@ -386,14 +410,7 @@ class Transformer(nn.Module):
                 )
             query_slots = cache_index + jnp.arange(length)
 
-        embed = nn.Embed(
-            cfg.vocab_size,
-            cfg.hidden_size,
-            dtype=cfg.compute_dtype,
-            param_dtype=cfg.weight_dtype,
-            embedding_init=_dense_init(("vocab", "embed")),
-            name="embed",
-        )
+        embed = _embed(cfg)
         x = embed(input_ids)
         rope = None
         if cfg.is_gpt2:
