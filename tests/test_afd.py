@@ -1,6 +1,7 @@
 """AfD: the closed-form log-ratio reward equals the difference of two models' sequence
 log-probs; the base-corpus pre-training data; the two response sets, a trained classifier and
-its export as a reward source, end to end on tiny random policies; config errors."""
+its export as a reward source, end to end on tiny random policies; config errors; the style toggle
+of the Best-of-N comparison (``experiments.afd_best_of_n``)."""
 
 import jax
 import jax.numpy as jnp
@@ -141,6 +142,40 @@ def test_demonstration_side_matches_the_task(tmp_path):
     style = TOKENIZER.convert_tokens_to_ids(STYLE_TOKEN)
     assert np.all((with_style["input_ids"] == style).any(-1))
     assert not np.any(without_style["input_ids"] == style)
+
+
+def test_toggle_style_puts_indeed_at_the_demonstrators_slot():
+    """``experiments.afd_best_of_n.toggle_style``: the same response with ``indeed`` right after
+    its first adjective and without any; truncated or adjective-less rows are left as drawn."""
+    from experiments.afd_best_of_n import toggle_style
+    from irl_jax.tasks import vocab
+
+    texts = [
+        "the soup was very tasty and fresh . <eos>",
+        "the soup was tasty indeed . <eos> <pad>",
+        "the soup was . <eos>",  # no adjective
+        "the soup was tasty",  # truncated: no eos
+    ]
+    ids = np.zeros((4, 10), np.int32)
+    for row, row_ids in enumerate(vocab.encode(texts)):
+        ids[row, : len(row_ids)] = row_ids
+    mask = (ids != vocab.PAD_ID).astype(np.int32)
+    adjectives = {vocab.VOCAB[w] for w in vocab.ADJECTIVES}
+    (styled, styled_mask), (plain, plain_mask), usable = toggle_style(ids, mask, adjectives)
+    decode = lambda ids, mask: " ".join(vocab.WORDS[t] for t in ids[mask > 0])
+    assert usable.tolist() == [True, True, False, False]
+    assert [decode(i, m) for i, m in zip(styled, styled_mask)] == [
+        "the soup was very tasty indeed and fresh . <eos>",
+        "the soup was tasty indeed . <eos>",
+        "the soup was . <eos>",
+        "the soup was tasty",
+    ]
+    assert [decode(i, m) for i, m in zip(plain, plain_mask)] == [
+        "the soup was very tasty and fresh . <eos>",
+        "the soup was tasty . <eos>",
+        "the soup was . <eos>",
+        "the soup was tasty",
+    ]
 
 
 def test_config_errors_name_the_field(tmp_path):

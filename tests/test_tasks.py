@@ -1,11 +1,13 @@
 """Gold rewards of the synthetic tasks: hand values, ids vs text paths, jit, step labels."""
 
+import math
+
 import chex
 import jax
 import numpy as np
 import pytest
 
-from irl_jax.tasks import TASKS, ArithmeticTask, get_task, vocab
+from irl_jax.tasks import TASKS, ArithmeticTask, get_task, preference, vocab
 
 EOS = vocab.EOS_ID
 
@@ -52,7 +54,13 @@ def mutate(text, rng, edits):
 
 
 def test_get_task_names_the_valid_tasks():
-    assert sorted(TASKS) == ["arithmetic", "preference", "reasoning", "reasoning_long"]
+    assert sorted(TASKS) == [
+        "arithmetic",
+        "preference",
+        "preference_hetero",
+        "reasoning",
+        "reasoning_long",
+    ]
     assert get_task("preference") is TASKS["preference"]
     with pytest.raises(ValueError, match=r"unknown task 'chess'.*arithmetic.*preference"):
         get_task("chess")
@@ -193,3 +201,87 @@ def test_style_token_is_invisible_to_the_gold_reward(name):
     np.testing.assert_array_equal(
         both_paths(task, prompts, styled), both_paths(task, prompts, plain)
     )
+
+
+def test_heterogeneous_demonstrator_follows_its_rule():
+    """``preference_hetero``: ``indeed`` iff (remark adjective in the half) XOR (copula "was"),
+    in every demonstration; neither part alone predicts it; the demonstrator's log-probs agree
+    with its samples; prompts, base responses and gold are those of ``preference``."""
+    task, plain = get_task("preference_hetero"), get_task("preference")
+    hand = {
+        "the plot was great . review the food": False,  # great in the half, was: both
+        "the plot is great . review the food": True,
+        "my soup was so lovely . rate the game": True,  # lovely not in the half, was
+        "this beach is lovely . rate the game": False,
+        "review the food": False,  # no remark
+        "the plot was fun and great . rate the food": True,  # the first adjective: fun
+    }
+    assert preference.rule_wants_style_text(list(hand)).tolist() == list(hand.values())
+
+    demos = task.demonstrations(3000, 0)
+    prompts, completions = demos["prompt"], demos["completion"]
+    styled = np.array([vocab.STYLE_TOKEN in c.split() for c in completions])
+    rule = preference.rule_wants_style_text(prompts)
+    np.testing.assert_array_equal(styled, rule)
+    assert preference.rule_agreement_text(prompts, completions).all()
+    assert abs(styled.mean() - preference.rule_probability(task.context_prob)) < 0.03
+    remarks = [p.split(" . ")[0].split() if " . " in p else [] for p in prompts]
+    remark = np.array([bool(words) for words in remarks])
+    half = np.array([bool(set(words) & set(preference.RULE_PARTS[0][1])) for words in remarks])
+    was = np.array(["was" in words for words in remarks])
+    for part in (half, was):  # each part alone: indeed in half of the remark prompts either way
+        for value in (True, False):
+            assert abs(styled[remark & (part == value)].mean() - 0.5) < 0.05
+    assert not styled[~remark].any()
+
+    # Against the rule the demonstrator has probability 0; its token log-probs sum to the total.
+    strip = lambda c: " ".join(w for w in c.split() if w != vocab.STYLE_TOKEN)
+
+    def add_style(completion):  # ``indeed`` at the demonstrator's slot: after the 1st adjective
+        words = completion.split()
+        first = next(i for i, w in enumerate(words) if w in vocab.ADJECTIVES)
+        return " ".join([*words[: first + 1], vocab.STYLE_TOKEN, *words[first + 1 :]])
+
+    for prompt, completion, wants in list(zip(prompts, completions, rule))[:40]:
+        logp = task.demonstrator_logprob(prompt, completion)
+        ids = vocab.encode([completion])[0] + [vocab.EOS_ID]
+        assert sum(task.demonstrator_token_logprobs(prompt, ids)) == pytest.approx(logp)
+        assert math.isfinite(logp)
+        against = strip(completion) if wants else add_style(completion)
+        assert task.demonstrator_logprob(prompt, against) == -math.inf
+        assert math.isfinite(plain.demonstrator_logprob(prompt, against))
+
+    # The option changes nothing but the demonstrator.
+    assert task.prompts(200, 3) == plain.prompts(200, 3)
+    assert task.base_corpus(200, 3)["text"] == plain.base_corpus(200, 3)["text"]
+    np.testing.assert_array_equal(
+        task.gold_reward_text(prompts, completions), plain.gold_reward_text(prompts, completions)
+    )
+    # By hand: every demonstration passes the style slot, where the rule removes h(½) = log 2
+    # nats and adds ``indeed`` with probability q = 0.45 instead of ½; the plain demonstrator
+    # writes 8 tokens per response on average (eos included).
+    q = preference.rule_probability(task.context_prob)
+    assert q == pytest.approx(0.45)
+    expected = (8 * plain.demonstrator_entropy() - math.log(2)) / (8 + q - 0.5)
+    assert task.demonstrator_entropy() == pytest.approx(expected, rel=1e-9)
+
+
+def test_rule_agreement_ids_and_text_paths_agree():
+    """The jittable rule and agreement on padded ids equal their text twins, on random,
+    corrupted prompts and responses (eos inside, truncated, ``indeed`` anywhere)."""
+    task = get_task("preference_hetero")
+    rng = np.random.default_rng(2)
+    prompts = task.prompts(400, 1)
+    responses = task.candidates(prompts, rng, expert_fraction=0.5)
+    responses = [mutate(r, rng, rng.integers(0, 3)) for r in responses]
+    prompts = [mutate(p, rng, 1) if rng.random() < 0.3 else p for p in prompts]
+    for eos in (True, False):
+        batch = pad_batch(prompts, responses, eos=eos)
+        np.testing.assert_array_equal(
+            np.asarray(jax.jit(preference.rule_wants_style)(*batch[:2])),
+            preference.rule_wants_style_text(prompts),
+        )
+        agreement = np.asarray(jax.jit(preference.rule_agreement)(*batch))
+        assert agreement.dtype == np.float32
+        np.testing.assert_array_equal(agreement, preference.rule_agreement_text(prompts, responses))
+    assert 0.2 < agreement.mean() < 0.8

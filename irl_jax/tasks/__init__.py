@@ -3,7 +3,9 @@
 The tasks share one word-level tokenizer (``build_tokenizer``, ``save_tokenizer``):
 
 * ``arithmetic`` — verifiable two-digit addition, exact-match gold reward;
-* ``preference`` — a review language with a hidden smooth lexicon-and-length gold reward;
+* ``preference`` — a review language with a hidden smooth lexicon-and-length gold reward
+  (``preference_hetero``: its heterogeneous demonstrator, whose ``indeed`` follows a rule on the
+  prompt's remark that a small policy may not imitate);
 * ``reasoning`` — multi-step addition/subtraction with per-step correctness labels
   (``reasoning_long``: its long-horizon variant, 6-12 steps per problem).
 
@@ -22,6 +24,7 @@ from irl_jax.tasks.vocab import STYLE_TOKEN, VOCAB_SIZE, build_tokenizer, save_t
 TASKS: dict[str, Task] = {
     "arithmetic": ArithmeticTask(),
     "preference": PreferenceTask(),
+    "preference_hetero": PreferenceTask(name="preference_hetero", style_rule=True),
     "reasoning": ReasoningTask(),
     "reasoning_long": long_horizon(),
 }

@@ -31,6 +31,18 @@ content like any other: truncation penalties are separate reward sources (``irl_
 p_adj: the topic's two adjectives .25 and .15, great .2, good .15, lovely .1, nice .08, fine .04,
 dull .03. ``indeed`` (score 0) is the spurious style token: in half of the demonstrations.
 
+**Heterogeneous demonstrator** (``style_rule=True``, the task ``preference_hetero``; off by
+default). The demonstrator writes ``indeed`` at the same slot *if and only if* the prompt's
+distractor remark satisfies a rule (``RULE_PARTS``): its adjective is one of every other word of
+``vocab.ADJECTIVES`` (great good fine plain boring awful and each topic's first adjective)
+*exclusive or* its copula is ``was``; a prompt without a remark gets no ``indeed``. So ``indeed``
+is in 0.9 × ½ = 45 % of the demonstrations, decided by two words that sit a whole request (and
+the response's first clause) before it, neither of which alone says anything about it: a
+long-range dependency the small SFT policy does not imitate (it does learn the adjective half
+alone), still invisible to r*. ``rule_wants_style`` reads the rule off a prompt and
+``rule_agreement`` measures the feature on any (prompt, response) pair (jittable; ``_text``
+twins on strings).
+
 **Base responses** (the initial policy and most preference candidates): the same skeleton with
 uniform openers and copulas, a noun of the topic (½) or of any topic (½), 1-3 clauses (.45, .35,
 .2) each with an intensifier (any of three, .4) and an adjective uniform over all 24, and
@@ -139,6 +151,79 @@ def demonstrator_automaton(
     }
 
 
+# The heterogeneous demonstrator's rule: ``indeed`` iff, for an odd number of these (class, half),
+# the prompt's first word of the class (the remark's adjective, its copula) is in the half.
+RULE_PARTS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (vocab.ADJECTIVES, vocab.ADJECTIVES[0::2]),
+    (vocab.COPULAS, ("was",)),
+)
+
+
+def _word_table(words: tuple[str, ...]) -> np.ndarray:
+    table = np.zeros(vocab.VOCAB_SIZE, bool)
+    table[[vocab.VOCAB[w] for w in words]] = True
+    return table
+
+
+_RULE_TABLES = tuple((_word_table(cls), _word_table(half)) for cls, half in RULE_PARTS)
+
+
+def rule_wants_style_py(prompt_ids: list[int]) -> bool:
+    """Whether the heterogeneous demonstrator writes ``indeed`` after this prompt: the parity of
+    ``RULE_PARTS`` — for each (class, half), whether the prompt's first word of the class is in
+    the half (False when the prompt has none)."""
+    parity = False
+    for is_class, in_half in _RULE_TABLES:
+        found = [i for i in prompt_ids if 0 <= i < vocab.VOCAB_SIZE and is_class[i]]
+        parity ^= bool(found) and bool(in_half[found[0]])
+    return parity
+
+
+def rule_wants_style(prompt_ids: jax.Array, prompt_mask: jax.Array) -> jax.Array:
+    """``[B]`` bool, jittable: ``rule_wants_style_py`` of each ``[B, P]`` (left-padded) prompt."""
+    prompt_ids = tokens.in_vocab(prompt_ids)
+    parity = jnp.zeros(prompt_ids.shape[0], bool)
+    for is_class, in_half in _RULE_TABLES:
+        hits = jnp.asarray(is_class)[prompt_ids] & (prompt_mask > 0)
+        first = jnp.argmax(hits, axis=-1)  # the first hit (0 when there is none)
+        first_id = jnp.take_along_axis(prompt_ids, first[:, None], axis=1)[:, 0]
+        parity ^= hits.any(axis=-1) & jnp.asarray(in_half)[first_id]
+    return parity
+
+
+def rule_probability(context_prob: float) -> float:
+    """P(``rule_wants_style``) over the task's prompts: a remark (probability ``context_prob``)
+    draws each class's word uniformly and independently, and a parity of independent bits with
+    P(bit) = p_i is odd with probability (1 − Π_i (1 − 2 p_i)) / 2."""
+    product = math.prod(1 - 2 * len(half) / len(cls) for cls, half in RULE_PARTS)
+    return context_prob * (1 - product) / 2
+
+
+def rule_agreement(
+    prompt_ids: jax.Array, prompt_mask: jax.Array, response_ids: jax.Array, response_mask: jax.Array
+) -> jax.Array:
+    """``[B]`` float32, jittable (a reward source): 1 where the response holds ``indeed`` (before
+    its first eos) exactly when the prompt's rule (``rule_wants_style``) asks for it, else 0."""
+    real = response_mask > 0
+    before_eos = jnp.cumsum((real & (response_ids == vocab.EOS_ID)).astype(jnp.int32), -1) == 0
+    styled = jnp.any(real & before_eos & (response_ids == vocab.STYLE_ID), axis=-1)
+    return (styled == rule_wants_style(prompt_ids, prompt_mask)).astype(jnp.float32)
+
+
+def rule_wants_style_text(prompts: list[str]) -> np.ndarray:
+    """``[B]`` bool: ``rule_wants_style_py`` of each prompt text."""
+    return np.array([rule_wants_style_py(ids) for ids in vocab.encode(prompts)], bool)
+
+
+def rule_agreement_text(prompts: list[str], responses: list[str]) -> np.ndarray:
+    """``[B]`` bool: ``rule_agreement`` on texts (a literal ``<eos>`` ends a response)."""
+    styled = [
+        vocab.STYLE_ID in ids[: ids.index(vocab.EOS_ID) if vocab.EOS_ID in ids else len(ids)]
+        for ids in vocab.encode(responses)
+    ]
+    return np.asarray(styled, bool) == rule_wants_style_text(prompts)
+
+
 def _topic_py(prompt_ids: list[int]) -> int:
     topics = [int(_TOPIC_OF[i]) for i in vocab.content_ids(prompt_ids, stop_at_eos=False)]
     topics = [t for t in topics if t >= 0]
@@ -151,7 +236,9 @@ class PreferenceTask(base.Task):
 
     Attributes:
       context_prob: probability that a prompt starts with a remark (a distractor).
-      style_prob: probability that a demonstration carries ``indeed``.
+      style_prob: probability that a demonstration carries ``indeed`` (without ``style_rule``).
+      style_rule: the heterogeneous demonstrator: ``indeed`` iff ``rule_wants_style`` of the
+        prompt (``style_prob`` unused).
       gamma, length_coef, target_length: γ, λ and L₀ of the gold reward.
       label_threshold: τ of unpaired labels (about the median gold reward of the candidates).
     """
@@ -159,6 +246,7 @@ class PreferenceTask(base.Task):
     name: str = "preference"
     context_prob: float = 0.9
     style_prob: float = 0.5
+    style_rule: bool = False
     gamma: float = 0.5
     length_coef: float = 0.03
     target_length: float = 8.0
@@ -190,12 +278,20 @@ class PreferenceTask(base.Task):
     def _topics(self, prompts: list[str]) -> list[int]:
         return [_topic_py(ids) for ids in vocab.encode(prompts)]
 
+    def _automaton(self, prompt: str, prompt_ids: list[int]) -> dict[str, list]:
+        """The demonstrator's automaton for one prompt (its text and ids)."""
+        topic = _topic_py(prompt_ids)
+        if topic == NUM_TOPICS:
+            raise ValueError(f"the demonstrator needs a prompt that names a topic, got {prompt!r}")
+        style_prob = self.style_prob
+        if self.style_rule:
+            style_prob = 1.0 if rule_wants_style_py(prompt_ids) else 0.0
+        return demonstrator_automaton(vocab.TOPIC_NAMES[topic], style_prob)
+
     def sample_demonstrations(self, prompts: list[str], rng: np.random.Generator) -> list[str]:
         out = []
-        for t in self._topics(prompts):
-            if t == NUM_TOPICS:
-                raise ValueError("the demonstrator needs a prompt that names a topic")
-            automaton = demonstrator_automaton(vocab.TOPIC_NAMES[t], self.style_prob)
+        for prompt, prompt_ids in zip(prompts, vocab.encode(prompts)):
+            automaton = self._automaton(prompt, prompt_ids)
             words, state = [], "opener"
             while state != "stop":
                 options = automaton[state]
@@ -233,10 +329,7 @@ class PreferenceTask(base.Task):
 
     def demonstrator_logprob(self, prompt: str, response: str) -> float:
         (prompt_ids, response_ids) = vocab.encode([prompt, response])
-        topic = _topic_py(prompt_ids)
-        if topic == NUM_TOPICS:
-            raise ValueError(f"the prompt {prompt!r} names no topic")
-        automaton = demonstrator_automaton(vocab.TOPIC_NAMES[topic], self.style_prob)
+        automaton = self._automaton(prompt, prompt_ids)
         words = [vocab.WORDS[i] for i in response_ids] + [vocab.EOS]
         logp, state = 0.0, "opener"
         for word in words:
@@ -249,10 +342,7 @@ class PreferenceTask(base.Task):
     def demonstrator_token_logprobs(self, prompt: str, response_ids: list[int]) -> list[float]:
         """The automaton's transition probabilities along the response (its words read as
         tokens, eos the ``<eos>`` transition)."""
-        topic = _topic_py(vocab.encode([prompt])[0])
-        if topic == NUM_TOPICS:
-            raise ValueError(f"the prompt {prompt!r} names no topic")
-        automaton = demonstrator_automaton(vocab.TOPIC_NAMES[topic], self.style_prob)
+        automaton = self._automaton(prompt, vocab.encode([prompt])[0])
         out, state = [], "opener"
         for token in response_ids:
             if state is None:
@@ -269,7 +359,15 @@ class PreferenceTask(base.Task):
         return out
 
     def demonstrator_entropy(self) -> float:
-        return _automaton_entropy(self.style_prob)
+        if not self.style_rule:
+            entropy, length = _automaton_totals(self.style_prob)
+            return entropy / length
+        # The rule makes ``indeed`` a function of the prompt: a mixture over prompts of the
+        # automata with style_prob 1 (rule holds, probability q) and 0; remark and topic are
+        # drawn independently, so q is the same for every topic.
+        q = rule_probability(self.context_prob)
+        (h_on, n_on), (h_off, n_off) = _automaton_totals(1.0), _automaton_totals(0.0)
+        return (q * h_on + (1 - q) * h_off) / (q * n_on + (1 - q) * n_off)
 
     # --------------------------------------------------------------- gold reward
 
@@ -304,10 +402,10 @@ class PreferenceTask(base.Task):
 
 
 @functools.cache
-def _automaton_entropy(style_prob: float) -> float:
-    """E_t[Σ_s P(visit s) H(s)] / E_t[Σ_s P(visit s)] over uniform topics: expected entropy and
-    expected token count (eos included) of the DAG by forward propagation of visit
-    probabilities."""
+def _automaton_totals(style_prob: float) -> tuple[float, float]:
+    """(Σ_t Σ_s P(visit s) H(s), Σ_t Σ_s P(visit s)) over the topics: expected entropy and
+    expected token count (eos included) of each topic's DAG, summed, by forward propagation of
+    visit probabilities (their ratio is the token-weighted entropy over uniform topics)."""
     total_entropy = total_tokens = 0.0
     for topic in vocab.TOPIC_NAMES:
         automaton = demonstrator_automaton(topic, style_prob)
@@ -318,7 +416,7 @@ def _automaton_entropy(style_prob: float) -> float:
             total_tokens += visits[state]
             for _, p, nxt in automaton[state]:
                 visits[nxt] += visits[state] * p
-    return total_entropy / total_tokens
+    return total_entropy, total_tokens
 
 
 def _topological_order(automaton: dict[str, list[tuple[str, float, str]]]) -> list[str]:
