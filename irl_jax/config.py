@@ -122,12 +122,7 @@ def check_lora(section: ml_collections.ConfigDict) -> None:
 
     require(section.rank >= 0, "lora.rank", f"must be >= 0, got {section.rank}")
     require(section.alpha > 0, "lora.alpha", f"must be positive, got {section.alpha}")
-    require(
-        section.dropout == 0,
-        "lora.dropout",
-        f"{section.dropout}: the algorithms' loss functions pass no dropout rng to the model yet "
-        "(LoraDense applies it when one is passed); use 0",
-    )
+    require(0 <= section.dropout < 1, "lora.dropout", f"must be in [0, 1), got {section.dropout}")
     require(
         section.group_size > 0, "lora.group_size", f"must be positive, got {section.group_size}"
     )

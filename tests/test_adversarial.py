@@ -122,14 +122,19 @@ def test_replay_ring_and_discriminator_initialization():
     assert set(np.unique(rows["input_ids"])) == {2, 3}
 
 
-def test_gradient_penalty_takes_the_gradient_in_embedding_space():
+@pytest.mark.parametrize("with_lora", [False, True], ids=["full", "lora-embeddings"])
+def test_gradient_penalty_takes_the_gradient_in_embedding_space(with_lora):
     """The per-position gradients of the logits with respect to the input embeddings, summed
     over the positions holding token v, are the gradient with respect to row v of the embedding
-    table (the embedding is a lookup); and the R1 term is their squared norm."""
+    table (the embedding is a lookup); and the R1 term is their squared norm. Also for a LoRA
+    discriminator whose table is a ``LoraEmbed`` with a trained delta."""
+    from irl_jax.models import lora
     from irl_jax.models import source as model_source
     from irl_jax.models.config import preset
 
     config = preset("gpt2-tiny", num_layers=1)
+    if with_lora:
+        config = config.replace(lora=lora.LoraConfig(rank=2, embeddings=True))
     module = discriminator.discriminator_module(config, token_level=False)
     params = jax.jit(lambda: sharding.unbox(model_source.init_fn(module, 0)()))()
     ids = jax.random.randint(jax.random.key(1), (3, 6), 4, 40)
@@ -138,9 +143,10 @@ def test_gradient_penalty_takes_the_gradient_in_embedding_space():
     grads = jax.jit(discriminator.embedding_gradients, static_argnums=(0, 3))(
         logits, params, rows, config.hidden_size
     )
+    embed = params["transformer"]["embed"]  # with LoRA: the frozen table and its (zero) delta
     with_table = lambda e: {
         **params,
-        "transformer": {**params["transformer"], "embed": {"embedding": e}},
+        "transformer": {**params["transformer"], "embed": {**embed, "embedding": e}},
     }
     table = jax.jit(jax.grad(lambda e: logits(with_table(e), rows).sum()))(
         params["transformer"]["embed"]["embedding"]

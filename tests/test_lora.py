@@ -2,6 +2,7 @@
 the reference as the base with adapters off (sharing the policy's weights), merged export read
 by ``transformers``, quantized bases, and one LoRA step of every algorithm."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,15 +131,27 @@ def test_trained_embeddings_add_one_table_and_start_at_the_base():
         algorithms.validate_config(config)
 
 
-def test_adapter_dropout_needs_a_dropout_rng():
+def test_adapter_dropout_acts_in_training_forwards_only():
+    """Dropout on the adapters' input needs a ``"dropout"`` rng: the loss functions pass their
+    step rng (``lora.dropout_rngs``), so a training loss depends on it (the same rng, the same
+    loss); evaluations and the sampler pass none and are deterministic."""
     cfg = lora_config(dropout=0.5)
     params = randomized_adapters(init(cfg))
     plain = Transformer(cfg).apply({"params": params}, IDS).logits
     np.testing.assert_allclose(plain, logits(cfg, params), atol=1e-6)  # no rng: deterministic
     dropped = Transformer(cfg).apply({"params": params}, IDS, rngs={"dropout": jax.random.key(1)})
     assert float(jnp.max(jnp.abs(dropped.logits - plain))) > 1e-4
+    ones = jnp.ones_like(IDS)
+    batch = {"input_ids": IDS, "attention_mask": ones, "loss_mask": ones}
+    loss_of = lambda p, key, c: sft.make_loss_fn(c)(p, batch, key, {})[0].value
+    loss = jax.jit(loss_of, static_argnums=2)
+    one, two = jax.random.key(1), jax.random.key(2)
+    assert float(loss(params, one, cfg)) == float(loss(params, one, cfg))
+    assert abs(float(loss(params, one, cfg)) - float(loss(params, two, cfg))) > 1e-5
+    no_dropout = lora_config()
+    assert float(loss(params, one, no_dropout)) == float(loss(params, two, no_dropout))
     config = experiment_config("sft")
-    config.lora.update(rank=RANK, dropout=0.1)
+    config.lora.update(rank=RANK, dropout=1.0)
     with pytest.raises(ConfigError, match="config.lora.dropout"):
         algorithms.validate_config(config)
 
@@ -325,7 +338,7 @@ def no_warmup(section):
 def tiny(algorithm, policy):
     config = experiment_config(algorithm)
     config.update(num_steps=1, batch_size=8, eval_every=0, log_every=1, export=False)
-    config.lora.rank = RANK
+    config.lora.update(rank=RANK, dropout=0.1)
     config.init_from = policy
     no_warmup(config)
     config.data.update(num_train=32, num_eval=16, max_length=24)
@@ -346,12 +359,21 @@ def tiny(algorithm, policy):
 @pytest.mark.parametrize("algorithm", TRAINING)
 def test_one_lora_step_of_every_algorithm(algorithm, policy_dir, tmp_path, monkeypatch):
     """The algorithm's own ``train`` up to the loop, then one step: every trained model with
-    adapters keeps its base weights and changes its adapters; losses are finite."""
-    seen = {}
+    adapters keeps its base weights and changes its adapters; losses are finite; and (with
+    ``lora.dropout``) every adapted model's training forward runs its adapters with a dropout
+    rng (recorded while the step is traced)."""
+    seen, dropout_paths = {}, set()
+
+    def record(next_fun, args, kwargs, context):
+        module = context.module
+        if isinstance(module, lora.LoraDense) and module.has_rng("dropout"):
+            dropout_paths.add(module.scope.path[0] == "transformer")
+        return next_fun(*args, **kwargs)
 
     def one_step(*, state, train_step, batches, mesh, **_):
         before = jax.device_get(state)
-        after, metrics = train_step(state, next(_Streams(batches, mesh)))
+        with nn.intercept_methods(record):
+            after, metrics = train_step(state, next(_Streams(batches, mesh)))
         seen.update(before=before, after=jax.device_get(after), metrics=jax.device_get(metrics))
         return after, {}
 
@@ -360,6 +382,9 @@ def test_one_lora_step_of_every_algorithm(algorithm, policy_dir, tmp_path, monke
     before, after = seen["before"], seen["after"]
     adapted = [n for n, m in before.models.items() if lora.has_adapters(m.params)]
     assert adapted
+    # A head model (reward model, critic, discriminator) holds its decoder under "transformer".
+    heads = {"transformer" in before.models[name].params for name in adapted}
+    assert heads <= dropout_paths, (adapted, dropout_paths)
     for name in adapted:
         old, new = lora.split(before.models[name].params), lora.split(after.models[name].params)
         jax.tree.map(np.testing.assert_array_equal, old[1], new[1])  # the frozen base

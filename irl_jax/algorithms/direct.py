@@ -153,8 +153,8 @@ def make_loss_fn(cfg: ModelConfig, section: ml_collections.ConfigDict, *, on_the
     """
     model = Transformer(cfg)
 
-    def pairwise(params, batch, reference):
-        logps = pair_logps(model, params, batch)
+    def pairwise(params, batch, reference, rng):
+        logps = pair_logps(model, params, batch, rng=rng)
         ref = (
             reference_logps(model, batch, reference, PAIR) if uses_reference(section.loss) else None
         )
@@ -162,8 +162,8 @@ def make_loss_fn(cfg: ModelConfig, section: ml_collections.ConfigDict, *, on_the
         metrics = {**metrics, "chosen_logps": logps[0], "rejected_logps": logps[1]}
         return Loss.mean(losses), {name: value.mean() for name, value in metrics.items()}
 
-    def kto(params, batch, reference):
-        (logps,) = pair_logps(model, params, batch, ("",))
+    def kto(params, batch, reference, rng):
+        (logps,) = pair_logps(model, params, batch, ("",), rng=rng)
         (kl_logps,) = pair_logps(model, jax.lax.stop_gradient(params), batch, ("kl_",))
         ref_logps, ref_kl_logps = reference_logps(model, batch, reference, ("", "kl_"))
         z0 = objectives.kto_reference_point(kl_logps, ref_kl_logps)
@@ -186,9 +186,8 @@ def make_loss_fn(cfg: ModelConfig, section: ml_collections.ConfigDict, *, on_the
         }
 
     def loss_fn(params, batch, rng, frozen):
-        del rng
         reference = frozen["reference"] if on_the_fly else None
-        return (kto if section.loss == "kto" else pairwise)(params, batch, reference)
+        return (kto if section.loss == "kto" else pairwise)(params, batch, reference, rng)
 
     return loss_fn
 

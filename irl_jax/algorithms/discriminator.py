@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from irl_jax.algorithms import setup as setup_lib
-from irl_jax.models import ModelConfig
+from irl_jax.models import ModelConfig, lora
 from irl_jax.models import source as model_source
 from irl_jax.models.heads import RewardModel, TokenRewardModel
 from irl_jax.objectives import adversarial as adv
@@ -63,10 +63,15 @@ def create_discriminator(
 def make_logits(module: nn.Module, token_level: bool):
     """``logits(params, rows) -> h [B]`` of training rows (``input_ids``, ``attention_mask``,
     ``loss_mask`` on the response and, token-level, the behaviour ``logprobs`` aligned with
-    ``input_ids``)."""
+    ``input_ids``); ``rng`` drives LoRA dropout in a training forward (``lora.dropout_rngs``)."""
 
-    def logits(params, rows):
-        scores = module.apply({"params": params}, rows["input_ids"], rows["attention_mask"])
+    def logits(params, rows, rng=None):
+        scores = module.apply(
+            {"params": params},
+            rows["input_ids"],
+            rows["attention_mask"],
+            rngs=lora.dropout_rngs(module, rng),
+        )
         if not token_level:
             return scores
         return adv.airl_sequence_logits(scores, rows["logprobs"], rows["loss_mask"])
@@ -82,7 +87,8 @@ def embedding_gradients(logits: Callable, params: Any, rows: dict[str, Array], h
     def total(delta):
         def add_delta(next_fun, args, kwargs, context):
             out = next_fun(*args, **kwargs)
-            is_embed = isinstance(context.module, nn.Embed) and context.module.name == "embed"
+            is_embed = isinstance(context.module, (nn.Embed, lora.LoraEmbed))
+            is_embed = is_embed and context.module.name == "embed"
             if is_embed and context.method_name == "__call__":
                 return out + delta.astype(out.dtype)
             return out
@@ -102,9 +108,9 @@ def make_discriminator_loss(module: nn.Module, config: ml_collections.ConfigDict
     logits = make_logits(module, config.adversarial.token_level)
 
     def loss_fn(params, batch, rng):
-        del rng
         demos, policy = batch["demos"], batch["policy"]
-        h_demo, h_policy = logits(params, demos), logits(params, policy)
+        demo_key, policy_key = jax.random.split(rng)
+        h_demo, h_policy = logits(params, demos, demo_key), logits(params, policy, policy_key)
         weight = policy["weight"]
         loss = adv.discriminator_loss(
             h_demo, h_policy, label_smoothing=d.label_smoothing, policy_weights=weight

@@ -16,7 +16,7 @@ import numpy as np
 
 from irl_jax import sharding as sharding_lib
 from irl_jax.evaluation.batches import map_rows
-from irl_jax.models import ModelConfig, Transformer
+from irl_jax.models import ModelConfig, Transformer, lora
 from irl_jax.objectives import direct as objectives
 from irl_jax.objectives.logprobs import next_token_logprobs, sequence_logprobs
 
@@ -31,12 +31,17 @@ def uses_reference(loss: str) -> bool:
 
 
 def pair_logps(
-    model: Transformer, params: Any, batch: dict[str, Array], prefixes: Sequence[str] = PAIR
+    model: Transformer,
+    params: Any,
+    batch: dict[str, Array],
+    prefixes: Sequence[str] = PAIR,
+    rng: Array | None = None,
 ) -> tuple[Array, ...]:
     """log π(y | x) ``[B]`` of each sequence ``<prefix>input_ids`` in ONE forward.
 
     The K sequences of a row are interleaved into ``[B·K, T]`` rows (row-major), so a device's
-    rows stay on it; the response is the ``<prefix>loss_mask`` tokens.
+    rows stay on it; the response is the ``<prefix>loss_mask`` tokens. ``rng`` drives LoRA
+    dropout in a training forward (``lora.dropout_rngs``).
     """
     stacked = {
         name: jnp.stack([batch[p + name] for p in prefixes], axis=1)
@@ -44,8 +49,11 @@ def pair_logps(
     }
     rows, length = stacked["input_ids"].shape[0] * len(prefixes), stacked["input_ids"].shape[-1]
     flat = {name: x.reshape(rows, length) for name, x in stacked.items()}
-    logits = model.apply({"params": params}, flat["input_ids"], flat["attention_mask"]).logits
-    logps = sequence_logprobs(next_token_logprobs(logits, flat["input_ids"]), flat["loss_mask"])
+    rngs = lora.dropout_rngs(model, rng)
+    logits = model.apply({"params": params}, flat["input_ids"], flat["attention_mask"], rngs=rngs)
+    logps = sequence_logprobs(
+        next_token_logprobs(logits.logits, flat["input_ids"]), flat["loss_mask"]
+    )
     logps = logps.reshape(-1, len(prefixes))
     return tuple(logps[:, k] for k in range(len(prefixes)))
 

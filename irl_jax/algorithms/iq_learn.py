@@ -38,7 +38,7 @@ from irl_jax.evaluation import diversity
 from irl_jax.evaluation import reward as reward_eval
 from irl_jax.evaluation.batches import map_rows
 from irl_jax.evaluation.divergence import reverse_kl_in_support
-from irl_jax.models import ModelConfig, Transformer
+from irl_jax.models import ModelConfig, Transformer, lora
 from irl_jax.objectives.imitation import implied_rewards, iq_learn_loss
 from irl_jax.objectives.logprobs import masked_sum, next_token_entropy, next_token_logprobs
 from irl_jax.train import Loss, optimizer_from_config, supervised_step
@@ -81,9 +81,10 @@ def make_loss_fn(cfg: ModelConfig, settings: ml_collections.ConfigDict):
     model = Transformer(cfg)
 
     def loss_fn(params, batch, rng, frozen):
-        del rng, frozen
+        del frozen
         ids, mask = batch["input_ids"], batch["loss_mask"]
-        logits = model.apply({"params": params}, ids, batch["attention_mask"]).logits
+        rngs = lora.dropout_rngs(model, rng)
+        logits = model.apply({"params": params}, ids, batch["attention_mask"], rngs=rngs).logits
         _, terms = iq_learn_loss(
             logits,
             ids,

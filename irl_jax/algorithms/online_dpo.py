@@ -122,8 +122,7 @@ def make_loss_fn(model_config: ModelConfig, section: ml_collections.ConfigDict):
     model = Transformer(model_config)
 
     def loss_fn(params, batch, rng):
-        del rng
-        logps = pair_logps(model, params, batch)
+        logps = pair_logps(model, params, batch, rng=rng)
         ref = tuple(batch[f"ref_{p}logps"] for p in PAIR) if uses_reference(section.loss) else None
         losses, metrics = pairwise_loss(section, logps, ref, pair_tokens(batch))
         weight = batch["weight"]

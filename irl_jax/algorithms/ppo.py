@@ -44,7 +44,7 @@ from irl_jax.config import (
     require,
 )
 from irl_jax.data.iterator import BatchIterator
-from irl_jax.models import ModelConfig, Transformer
+from irl_jax.models import ModelConfig, Transformer, lora
 from irl_jax.models import source as model_source
 from irl_jax.models.heads import ValueModel
 from irl_jax.objectives import policy_gradient as pg
@@ -189,12 +189,15 @@ class Rollout:
     returns: Array
 
 
-def token_values(critic: ValueModel, params: Any, samples: rollout.Samples) -> Array:
-    """V(s_t) ``[B, N]`` of every response token t, read at the position that predicts it."""
+def token_values(
+    critic: ValueModel, params: Any, samples: rollout.Samples, rng: Array | None = None
+) -> Array:
+    """V(s_t) ``[B, N]`` of every response token t, read at the position that predicts it;
+    ``rng`` drives LoRA dropout in a training forward (``lora.dropout_rngs``)."""
     ids, mask = concat_prompt_response(
         samples.prompt_ids, samples.prompt_mask, samples.response_ids, samples.response_mask
     )
-    values = critic.apply({"params": params}, ids, mask)
+    values = critic.apply({"params": params}, ids, mask, rngs=lora.dropout_rngs(critic, rng))
     start = samples.prompt_ids.shape[1] - 1
     return values[:, start : start + samples.response_ids.shape[1]]
 
@@ -256,12 +259,12 @@ def make_policy_loss(model_config: ModelConfig, config: ml_collections.ConfigDic
     sampling = rollout.SamplingSettings.from_config(config.sampling)
 
     def loss_fn(params, batch: Rollout, rng):
-        del rng
         x = batch.samples
         ids, mask = concat_prompt_response(
             x.prompt_ids, x.prompt_mask, x.response_ids, x.response_mask
         )
-        logits = model.apply({"params": params}, ids, mask).logits
+        logits = model.apply({"params": params}, ids, mask, rngs=lora.dropout_rngs(model, rng))
+        logits = logits.logits
         prompt_len = x.prompt_ids.shape[1]
         logps = next_token_logprobs(logits, ids, sampling.temperature)[:, prompt_len:]
         entropy = next_token_entropy(logits, sampling.temperature)[:, prompt_len:]
@@ -292,9 +295,8 @@ def make_value_loss(critic: ValueModel, config: ml_collections.ConfigDict):
     max_new_tokens = config.sampling.max_new_tokens
 
     def loss_fn(params, batch: Rollout, rng):
-        del rng
         mask = batch.samples.response_mask
-        values = token_values(critic, params, batch.samples)
+        values = token_values(critic, params, batch.samples, rng)
         losses, clipped = pg.clipped_value_loss(
             values, batch.values, batch.returns, s.value_clip_eps
         )

@@ -37,7 +37,7 @@ from irl_jax.algorithms import setup as setup_lib
 from irl_jax.config import require
 from irl_jax.evaluation import reward as reward_eval
 from irl_jax.evaluation.batches import map_rows
-from irl_jax.models import ModelConfig
+from irl_jax.models import ModelConfig, lora
 from irl_jax.models import source as model_source
 from irl_jax.models.heads import RewardModel, TokenRewardModel
 from irl_jax.objectives import reward as objectives
@@ -197,8 +197,9 @@ def make_loss_fn(model: nn.Module, settings: ml_collections.ConfigDict):
     """
 
     def loss_fn(params, batch, rng, frozen):
-        del rng, frozen
-        apply = lambda ids, mask: model.apply({"params": params}, ids, mask)
+        del frozen
+        rngs = lora.dropout_rngs(model, rng)
+        apply = lambda ids, mask: model.apply({"params": params}, ids, mask, rngs=rngs)
         if settings.loss in PAIR_LOSSES:
             ids = jnp.concatenate([batch["chosen_input_ids"], batch["rejected_input_ids"]])
             mask = jnp.concatenate(

@@ -17,7 +17,7 @@ from irl_jax import sharding as sharding_lib
 from irl_jax.algorithms import setup as setup_lib
 from irl_jax.config import require
 from irl_jax.evaluation.batches import map_rows
-from irl_jax.models import ModelConfig, Transformer
+from irl_jax.models import ModelConfig, Transformer, lora
 from irl_jax.objectives.logprobs import masked_sum, next_token_logprobs
 from irl_jax.train import Loss, optimizer_from_config, supervised_step
 
@@ -52,9 +52,13 @@ def load_data(config: ml_collections.ConfigDict, tokenizer: Any):
     return tokenize(train), tokenize(held_out)
 
 
-def token_logps(model: Transformer, params: Any, batch: dict[str, jax.Array]) -> jax.Array:
-    """``[B, T]`` log π(x_t | x_<t) of an SFT batch (``input_ids``, ``attention_mask``)."""
-    logits = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"]).logits
+def token_logps(
+    model: Transformer, params: Any, batch: dict[str, jax.Array], rng: jax.Array | None = None
+) -> jax.Array:
+    """``[B, T]`` log π(x_t | x_<t) of an SFT batch (``input_ids``, ``attention_mask``);
+    ``rng`` drives LoRA dropout in a training forward (``lora.dropout_rngs``)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    logits = model.apply({"params": params}, ids, mask, rngs=lora.dropout_rngs(model, rng)).logits
     return next_token_logprobs(logits, batch["input_ids"])
 
 
@@ -64,8 +68,8 @@ def make_loss_fn(cfg: ModelConfig):
     model = Transformer(cfg)
 
     def loss_fn(params, batch, rng, frozen):
-        del rng, frozen
-        nll = -masked_sum(token_logps(model, params, batch), batch["loss_mask"], axis=None)
+        del frozen
+        nll = -masked_sum(token_logps(model, params, batch, rng), batch["loss_mask"], axis=None)
         tokens = batch["loss_mask"].sum().astype(np.float32)
         return Loss(nll, tokens), {"tokens": tokens}
 

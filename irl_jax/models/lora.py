@@ -300,6 +300,17 @@ class LoraEmbed(nn.Module):
         return jnp.dot(query, table.T)
 
 
+def dropout_rngs(module: nn.Module, rng: jax.Array | None) -> dict[str, jax.Array]:
+    """``apply``'s ``rngs`` for a *trained* forward of ``module`` (a decoder or a head model;
+    its ``config.lora`` holds the settings): ``{"dropout": rng}`` when its adapters use dropout,
+    else none, so the forward is deterministic. Frozen forwards (a reference, the sampler, an
+    evaluation) pass none."""
+    settings = module.config.lora
+    if settings is None or settings.dropout == 0 or rng is None:
+        return {}
+    return {"dropout": rng}
+
+
 # ----------------------------------------------------------------------------- param trees
 
 
