@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection
 from typing import Any
 
 import jax
@@ -66,42 +65,6 @@ def style_indicator(style_id: int):
     return source
 
 
-def toggle_style(
-    response_ids: np.ndarray, response_mask: np.ndarray, adjective_ids: Collection[int]
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], np.ndarray]:
-    """Each response with ``indeed`` right after its first adjective (the demonstrator's slot)
-    and without any ``indeed``; otherwise the same tokens, eos included.
-
-    Args:
-      response_ids, response_mask: ``[B, N]`` right-padded responses.
-      adjective_ids: the ids of the adjectives.
-
-    Returns:
-      ``((styled_ids, styled_mask), (plain_ids, plain_mask), usable)``: ``[B, N + 1]`` arrays
-      and ``[B]`` bool, the rows that end with eos and hold an adjective before it (the others
-      are left as drawn).
-    """
-    from irl_jax.tasks import vocab
-
-    batch, width = response_ids.shape
-    styled, plain = (np.zeros((batch, width + 1), np.int32) for _ in range(2))
-    styled_mask, plain_mask = np.zeros_like(styled), np.zeros_like(plain)
-    usable = np.zeros(batch, bool)
-    for row in range(batch):
-        tokens = [int(t) for t in response_ids[row, response_mask[row] > 0]]
-        without = [t for t in tokens if t != vocab.STYLE_ID]
-        content = without[: without.index(vocab.EOS_ID)] if vocab.EOS_ID in without else []
-        first = next((i for i, t in enumerate(content) if t in adjective_ids), None)
-        if first is None:  # truncated, or no adjective: left as drawn
-            with_style = without = tokens
-        else:
-            usable[row] = True
-            with_style = without[: first + 1] + [vocab.STYLE_ID] + without[first + 1 :]
-        styled[row, : len(with_style)], styled_mask[row, : len(with_style)] = with_style, 1
-        plain[row, : len(without)], plain_mask[row, : len(without)] = without, 1
-    return (styled, styled_mask), (plain, plain_mask), usable
-
-
 GROUPS = {  # prompt group -> its heading in the effects table
     "rule": "rule says indeed",
     "no_rule": "rule says none, remark",
@@ -127,7 +90,8 @@ def effect_row(
 
 def style_effects(setup: Any, params: Any, sources: dict, num_prompts: int, seed: int) -> dict:
     """One SFT sample per held-out prompt, scored by every source as drawn and with and without
-    ``indeed`` at the demonstrator's slot (``toggle_style``); ``effect_row`` per source."""
+    ``indeed`` at the demonstrator's slot (``preference.toggle_style``); ``effect_row`` per
+    source."""
     from irl_jax import rewards as rewards_lib
     from irl_jax import rollout
     from irl_jax.algorithms import setup as setup_lib
@@ -148,7 +112,7 @@ def style_effects(setup: Any, params: Any, sources: dict, num_prompts: int, seed
         samples = jax.device_get(draw(params, p_ids, p_mask, jax.random.key(seed)))
         ids, mask = samples.response_ids, samples.response_mask
         adjectives = {vocab.VOCAB[w] for w in vocab.ADJECTIVES}
-        with_style, without_style, keep = toggle_style(ids, mask, adjectives)
+        with_style, without_style, keep = preference.toggle_style(ids, mask, adjectives)
         drawn = jax.device_get(score(sources, (p_ids, p_mask, ids, mask)))
         styled = jax.device_get(score(sources, (p_ids, p_mask, *with_style)))
         plain = jax.device_get(score(sources, (p_ids, p_mask, *without_style)))

@@ -1,7 +1,8 @@
 """AfD: the closed-form log-ratio reward equals the difference of two models' sequence
 log-probs; the base-corpus pre-training data; the two response sets, a trained classifier and
 its export as a reward source, end to end on tiny random policies; config errors; the style toggle
-of the Best-of-N comparison (``experiments.afd_best_of_n``)."""
+the Best-of-N comparison uses (``tasks.preference.toggle_style``: tests import no experiment
+script, whose absl flags would collide with ``experiments.run``'s in one process)."""
 
 import jax
 import jax.numpy as jnp
@@ -145,10 +146,10 @@ def test_demonstration_side_matches_the_task(tmp_path):
 
 
 def test_toggle_style_puts_indeed_at_the_demonstrators_slot():
-    """``experiments.afd_best_of_n.toggle_style``: the same response with ``indeed`` right after
-    its first adjective and without any; truncated or adjective-less rows are left as drawn."""
-    from experiments.afd_best_of_n import toggle_style
+    """``preference.toggle_style``: the same response with ``indeed`` right after its first
+    adjective and without any; truncated or adjective-less rows are left as drawn."""
     from irl_jax.tasks import vocab
+    from irl_jax.tasks.preference import toggle_style
 
     texts = [
         "the soup was very tasty and fresh . <eos>",

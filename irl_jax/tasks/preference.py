@@ -55,6 +55,7 @@ import collections
 import dataclasses
 import functools
 import math
+from collections.abc import Collection
 
 import jax
 import jax.numpy as jnp
@@ -222,6 +223,40 @@ def rule_agreement_text(prompts: list[str], responses: list[str]) -> np.ndarray:
         for ids in vocab.encode(responses)
     ]
     return np.asarray(styled, bool) == rule_wants_style_text(prompts)
+
+
+def toggle_style(
+    response_ids: np.ndarray, response_mask: np.ndarray, adjective_ids: Collection[int]
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Each response with ``indeed`` right after its first adjective (the demonstrator's slot)
+    and without any ``indeed``; otherwise the same tokens, eos included.
+
+    Args:
+      response_ids, response_mask: ``[B, N]`` right-padded responses.
+      adjective_ids: the ids of the adjectives.
+
+    Returns:
+      ``((styled_ids, styled_mask), (plain_ids, plain_mask), usable)``: ``[B, N + 1]`` arrays
+      and ``[B]`` bool, the rows that end with eos and hold an adjective before it (the others
+      are left as drawn).
+    """
+    batch, width = response_ids.shape
+    styled, plain = (np.zeros((batch, width + 1), np.int32) for _ in range(2))
+    styled_mask, plain_mask = np.zeros_like(styled), np.zeros_like(plain)
+    usable = np.zeros(batch, bool)
+    for row in range(batch):
+        tokens = [int(t) for t in response_ids[row, response_mask[row] > 0]]
+        without = [t for t in tokens if t != vocab.STYLE_ID]
+        content = without[: without.index(vocab.EOS_ID)] if vocab.EOS_ID in without else []
+        first = next((i for i, t in enumerate(content) if t in adjective_ids), None)
+        if first is None:  # truncated, or no adjective: left as drawn
+            with_style = without = tokens
+        else:
+            usable[row] = True
+            with_style = without[: first + 1] + [vocab.STYLE_ID] + without[first + 1 :]
+        styled[row, : len(with_style)], styled_mask[row, : len(with_style)] = with_style, 1
+        plain[row, : len(without)], plain_mask[row, : len(without)] = without, 1
+    return (styled, styled_mask), (plain, plain_mask), usable
 
 
 def _topic_py(prompt_ids: list[int]) -> int:
