@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from irl_jax import rewards as rewards_lib
-from irl_jax.models import ModelConfig
-from irl_jax.objectives.logprobs import sequence_logprobs
+from irl_jax.models import ModelConfig, lora
+from irl_jax.objectives.logprobs import next_token_entropy, next_token_logprobs, sequence_logprobs
 from irl_jax.sampling import repeat_prompts, teacher_forced_logprobs
 from irl_jax.sampling import sample as sample_tokens
 
@@ -141,6 +141,22 @@ def reference_logprobs(
         samples.response_mask,
         temperature=temperature,
     )
+
+
+def policy_logprobs(
+    model: Any, params: Any, samples: Samples, temperature: float, rng: Array | None = None
+) -> tuple[Array, Array]:
+    """``(log π, entropy)``, each ``[B, N]``, of the response tokens at temperature T: one
+    teacher-forced forward of the trained ``model`` (a ``Transformer``) through which the policy
+    losses differentiate; ``rng`` drives LoRA dropout (``lora.dropout_rngs``)."""
+    ids, mask = rewards_lib.concat_prompt_response(
+        samples.prompt_ids, samples.prompt_mask, samples.response_ids, samples.response_mask
+    )
+    rngs = lora.dropout_rngs(model, rng)
+    logits = model.apply({"params": params}, ids, mask, rngs=rngs).logits
+    prompt_len = samples.prompt_ids.shape[1]
+    logps = next_token_logprobs(logits, ids, temperature)[:, prompt_len:]
+    return logps, next_token_entropy(logits, temperature)[:, prompt_len:]
 
 
 def sequence_kl(samples: Samples, ref_logprobs: Array) -> Array:

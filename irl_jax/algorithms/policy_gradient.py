@@ -41,10 +41,9 @@ from irl_jax.config import (
     require,
 )
 from irl_jax.data.iterator import BatchIterator
-from irl_jax.models import ModelConfig, Transformer, lora
+from irl_jax.models import ModelConfig, Transformer
 from irl_jax.objectives import policy_gradient as pg
-from irl_jax.objectives.logprobs import masked_mean, next_token_entropy, next_token_logprobs
-from irl_jax.rewards import concat_prompt_response
+from irl_jax.objectives.logprobs import masked_mean
 from irl_jax.train import (
     Loss,
     TrainState,
@@ -185,14 +184,7 @@ def make_loss_fn(
 
     def loss_fn(params, batch: Rollout, rng):
         x = batch.samples
-        ids, mask = concat_prompt_response(
-            x.prompt_ids, x.prompt_mask, x.response_ids, x.response_mask
-        )
-        logits = model.apply({"params": params}, ids, mask, rngs=lora.dropout_rngs(model, rng))
-        logits = logits.logits
-        prompt_len = x.prompt_ids.shape[1]
-        logps = next_token_logprobs(logits, ids, sampling.temperature)[:, prompt_len:]
-        entropy = next_token_entropy(logits, sampling.temperature)[:, prompt_len:]
+        logps, entropy = rollout.policy_logprobs(model, params, x, sampling.temperature, rng)
 
         def terms(per_token):
             return pg.aggregate_terms(
