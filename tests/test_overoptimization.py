@@ -55,9 +55,24 @@ def test_bad_points(form, d, reward, message):
         oo.fit(form, d, reward)
 
 
+def test_binned_means_of_equal_count_bins_sorted_by_distance():
+    d, gold = oo.binned([3.0, 1.0, 2.0, 4.0, 5.0], [30.0, 10.0, 20.0, 40.0, 50.0], bins=2)
+    np.testing.assert_allclose(d, [2.0, 4.5])  # sorted by d: {1, 2, 3}, {4, 5}
+    np.testing.assert_allclose(gold, [20.0, 45.0])
+    d, gold = oo.binned([2.0, 1.0], [20.0, 10.0], bins=12)  # fewer points than bins
+    np.testing.assert_allclose(d, [1.0, 2.0])
+
+
+def test_r_squared():
+    assert oo.r_squared([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
+    assert oo.r_squared([1.0, 2.0, 3.0], [2.0, 2.0, 2.0]) == 0.0  # the mean explains nothing
+    assert oo.r_squared([1.0, 3.0], [2.0, 2.0]) == 0.0
+    assert math.isnan(oo.r_squared([2.0, 2.0], [1.0, 3.0]))
+
+
 def test_driver_runs_end_to_end_in_its_smoke_size(tmp_path):
-    """SFT → a proxy RM → Best-of-N and GRPO against it → fits, JSON and PNG (PPO runs through
-    the same code path; tests/test_ppo.py covers it)."""
+    """SFT → a proxy RM → Best-of-N and GRPO (two seeds) against it → fits, JSON and PNG (PPO
+    runs through the same code path; tests/test_ppo.py covers it)."""
     import json
     import os
     import subprocess
@@ -69,17 +84,32 @@ def test_driver_runs_end_to_end_in_its_smoke_size(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| small | grpo |" in result.stdout
+    assert "| grpo |" in result.stdout and "| small (" in result.stdout  # the fits' table
     with open(tmp_path / "overoptimization.json") as f:
-        results = json.load(f)["results"]["small"]
+        report = json.load(f)
+    results = report["results"]["small"]
     assert set(results) == {"bon", "grpo"}
     bon = results["bon"]["points"]
     assert bon["n"] == [1, 2, 3, 4] and bon["gold"][0] == 0.0
     np.testing.assert_allclose(bon["d"], oo.bon_distance(np.arange(1, 5)))
-    for method in ("grpo",):
-        points = results[method]["points"]
-        assert points["step"] == [2, 4] and min(points["d"]) >= 0.0
-        assert set(results[method]["fit"]) == {"alpha", "beta", "r2", "peak_d", "peak_reward"}
+    # Best-of-1 is the SFT policy's mean over all draws: the baseline of the RL gains too
+    scores = np.load(tmp_path / "bon_scores.npz")
+    assert scores["gold"].shape == scores["small"].shape == (8, 4)
+    assert report["sft_baseline"]["gold"] == pytest.approx(scores["gold"].mean())
+    grpo = results["grpo"]
+    assert [run["seed"] for run in grpo["runs"]] == [0, 1]
+    for run in grpo["runs"]:
+        assert run["step"] == [2, 4] and min(run["d"]) >= 0.0
+        assert set(run["fit"]) == {"alpha", "beta", "r2", "peak_d", "peak_reward"}
+    # the pooled fit sees every seed's points; the spread is (mean, sd) over the seeds
+    assert grpo["points"]["gold"] == grpo["runs"][0]["gold"] + grpo["runs"][1]["gold"]
+    finals = [run["gold"][-1] for run in grpo["runs"]]
+    np.testing.assert_allclose(
+        grpo["spread"]["final_gold"], [np.mean(finals), np.std(finals, ddof=1)]
+    )
+    assert set(grpo["fit"]) == {"alpha", "beta", "r2", "peak_d", "peak_reward"}
+    assert len(grpo["binned"]["d"]) == 4  # 4 points in up to 12 bins: one point each
+    assert grpo["measured_peak"]["gold"] == max(grpo["points"]["gold"])
     from PIL import Image
 
     with Image.open(tmp_path / "overoptimization.png") as image:

@@ -82,12 +82,27 @@ def fit(form: str, d: Sequence[float], reward: Sequence[float]) -> Fit:
         raise ValueError("distances must be finite and >= 0 and rewards finite")
     (alpha, minus_beta), *_ = np.linalg.lstsq(_features(form, d), reward, rcond=None)
     alpha, beta = float(alpha), float(-minus_beta)
-    residual = reward - curve(form, d, alpha, beta)
-    total = float(np.sum((reward - reward.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(residual**2)) / total if total > 0 else float("nan")
+    r2 = r_squared(reward, curve(form, d, alpha, beta))
     peak_d = peak_distance(form, alpha, beta)
     peak = curve(form, np.asarray(peak_d), alpha, beta) if peak_d < math.inf else math.inf
     return Fit(form, alpha, beta, r2, peak_d, float(peak))
+
+
+def r_squared(reward: np.ndarray, predicted: np.ndarray) -> float:
+    """1 − SS_res / SS_tot (SS_tot about the mean of ``reward``); NaN when ``reward`` is
+    constant."""
+    reward, predicted = np.asarray(reward, np.float64), np.asarray(predicted, np.float64)
+    total = float(np.sum((reward - reward.mean()) ** 2))
+    return 1.0 - float(np.sum((reward - predicted) ** 2)) / total if total > 0 else float("nan")
+
+
+def binned(d: Sequence[float], reward: Sequence[float], bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean curve of scattered points (e.g. several RL seeds, which pass the same d at
+    different steps): mean d and mean reward of ``bins`` equal-count bins of the points sorted
+    by d (fewer bins when there are fewer points)."""
+    d, reward = np.asarray(d, np.float64), np.asarray(reward, np.float64)
+    parts = np.array_split(np.argsort(d, kind="stable"), min(bins, d.size))
+    return np.array([d[p].mean() for p in parts]), np.array([reward[p].mean() for p in parts])
 
 
 def peak_distance(form: str, alpha: float, beta: float) -> float:
