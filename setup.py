@@ -28,6 +28,7 @@ setup(
         # torch only for parity tests and benchmarks; install torch==2.13.0 first (CPU wheel).
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # the README's test command runs two workers
             "torch>=2.4",
             "ruff>=0.6",
             "scipy>=1.11",
