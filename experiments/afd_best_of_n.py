@@ -140,8 +140,6 @@ def style_effects(setup: Any, params: Any, sources: dict, num_prompts: int, seed
 def compare(workdir: str) -> dict:
     """Draws, scores and reports (see the module docstring)."""
     from irl_jax import rewards as rewards_lib
-    from irl_jax import rollout
-    from irl_jax import sharding as sharding_lib
     from irl_jax.algorithms import best_of_n as bon
     from irl_jax.algorithms import experiment_config
     from irl_jax.algorithms import setup as setup_lib
@@ -180,27 +178,16 @@ def compare(workdir: str) -> dict:
     prompts = setup_lib.prompt_arrays(
         config, setup.tokenizer, _NUM_PROMPTS.value, config.data.seed + 7, split="eval"
     )
-    data = sharding_lib.batch_sharding(setup.mesh)
-    settings = rollout.SamplingSettings.from_config(config.sampling)
-    scores = {name: [] for name in sources}
-    chunk = 64
-    for index, first in enumerate(range(0, _NUM_PROMPTS.value, chunk)):
-        rows = slice(first, first + chunk)
-        with jax.set_mesh(setup.mesh):
-            part, _, _ = bon.best_of_n(
-                setup.model_config,
-                params,
-                jax.device_put(prompts["prompt_ids"][rows], data),
-                jax.device_put(prompts["prompt_mask"][rows], data),
-                sources=sources,
-                rng=jax.random.fold_in(jax.random.key(config.seed), index),
-                settings=settings,
-                num_samples=_MAX_N.value,
-                samples_per_chunk=min(32, _MAX_N.value),
-            )
-        for name in sources:
-            scores[name].append(part[name])
-    scores = {name: np.concatenate(parts) for name, parts in scores.items()}
+    scores, _ = bon.draw_prompts(
+        setup,
+        params,
+        prompts,
+        sources=sources,
+        rng=jax.random.key(config.seed),
+        num_samples=_MAX_N.value,
+        samples_per_chunk=min(32, _MAX_N.value),
+        prompts_per_chunk=64,
+    )
     shown = estimators.powers(2, _SHOW_N.value)
     report = {"num_prompts": _NUM_PROMPTS.value, "max_n": _MAX_N.value, "rows": {}}
     rates = [name for name in ("style", "rule") if name in scores]

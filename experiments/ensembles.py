@@ -2,7 +2,7 @@
 model vs K independently trained ones (mean, worst-case WCO, uncertainty-weighted UWO) vs K
 heads on one shared backbone, under ~25 % flipped preference labels.
 
-    python -m experiments.ensembles --workdir=runs/ensembles
+    python -m experiments.ensembles --workdir=runs/ensembles --sft=runs/sft/export
     python -m experiments.ensembles --smoke   # the reduced size the test suite runs
 
 Steps (each a normal run directory under WORKDIR, reused by a rerun):
@@ -11,16 +11,19 @@ Steps (each a normal run directory under WORKDIR, reused by a rerun):
 2. ``--members`` Bradley–Terry reward models (``rm_bt.py``, from scratch) on the same labelled
    pairs (β_ann = ``--beta_ann``: 1 flips ~26 % of the labels), each with its own seed (init and
    data order), and one ``--members``-head ensemble on a shared backbone (``rm_ensemble.py``);
-3. on held-out same-prompt pairs with gold labels: the members' correlation and their margin
-   variance on the pairs the ensemble mean ranks wrongly vs rightly (``evaluation.ensemble``),
-   for the independent and the shared-backbone ensemble;
-4. Best-of-N (N ≤ ``--max_n``) and GRPO at a small KL coefficient (``--kl_coef``, evaluated every
-   ``--eval_every`` iterations) from the SFT policy against each proxy: the first member alone,
-   the independent ensemble's mean / WCO / UWO (λ = ``--uwo_penalty``), the shared heads' UWO;
-5. the gold reward at matched KL (linear interpolation between evaluations).
+3. on held-out same-prompt pairs with gold labels: the members' correlation, and their margin
+   variance and minority share on the pairs the ensemble mean ranks wrongly vs rightly
+   (``evaluation.ensemble``), for the independent and the shared-backbone ensemble;
+4. Best-of-N (N ≤ ``--max_n``): one draw from the SFT policy, scored by the gold reward and every
+   proxy (``best_of_n.score_proxies``, cached in WORKDIR/bon_scores.npz) — the first member
+   alone, the independent ensemble's mean / WCO / UWO (λ = ``--uwo_penalty``), the shared heads'
+   UWO (``--proxies`` also takes ``member 1`` … to run a member alone);
+5. GRPO (β = ``--kl_coef``, evaluated every ``--eval_every`` iterations) from the SFT policy
+   against each proxy, and the gold reward at matched KL (linear interpolation between
+   evaluations).
 
-Writes WORKDIR/ensembles.json and WORKDIR/ensembles.png (gold reward against KL for Best-of-N
-and RL, one line per proxy) and prints markdown tables.
+Writes WORKDIR/ensembles.json, WORKDIR/ensembles.md (the tables, also printed) and
+WORKDIR/ensembles.png (gold reward against KL for Best-of-N and RL, one line per proxy).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import common
 from experiments.configs import best_of_n, rlhf, rm_bt, rm_ensemble, sft
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/ensembles", "Runs and results.")
@@ -41,16 +45,16 @@ _BETA_ANN = flags.DEFINE_float("beta_ann", 1.0, "Annotation β: labels ~ σ(β_a
 _UWO = flags.DEFINE_float("uwo_penalty", 1.0, "UWO's λ on the members' variance.")
 _MAX_N = flags.DEFINE_integer("max_n", 256, "Best-of-N up to this N (draws per prompt).")
 _BON_PROMPTS = flags.DEFINE_integer("bon_prompts", 64, "Held-out prompts for Best-of-N.")
-_KL_COEF = flags.DEFINE_float("kl_coef", 0.02, "GRPO's KL coefficient (small: go far).")
+_KL_COEF = flags.DEFINE_float("kl_coef", 0.1, "GRPO's KL coefficient.")
 _RL_STEPS = flags.DEFINE_integer("rl_steps", 150, "GRPO iterations.")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 15, "GRPO iterations between evaluations.")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 10, "GRPO iterations between evaluations.")
 _PAIRS = flags.DEFINE_integer("pairs", 1024, "Held-out pairs for the agreement metrics.")
 _PROXIES = flags.DEFINE_list(
     "proxies", ["single", "mean", "wco", "uwo", "shared uwo"], "Proxies to optimize against."
 )
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes end to end (the test suite's run).")
 
-MATCHED_KL = (2.0, 5.0, 10.0, 20.0, 30.0)
+MATCHED_KL = (5.0, 10.0, 20.0, 30.0, 40.0, 50.0)
 
 
 def _run(config, workdir: str) -> dict[str, float]:
@@ -146,24 +150,28 @@ def proxies(member_paths: list[str], shared_path: str) -> dict[str, tuple[str, s
     }
 
 
-def _set_reward(config, proxy: tuple[str, str, float]) -> None:
-    config.reward.model, config.reward.aggregation, config.reward.uwo_penalty = proxy
+def bon_scores(workdir: str, policy: str, names: list[str], proxy_of: dict) -> dict:
+    """``[prompts, max_n]`` rewards of one draw from the SFT policy: gold and each proxy."""
+    from irl_jax.algorithms import best_of_n as bon
 
-
-def bon_points(workdir: str, policy: str, name: str, proxy) -> dict:
     config = best_of_n.get_config()
     config.init_from = policy
-    _set_reward(config, proxy)
     s = config.best_of_n
     s.max_n, s.num_prompts = _MAX_N.value, _BON_PROMPTS.value
     s.prompts_per_chunk = min(s.prompts_per_chunk, _BON_PROMPTS.value)
     s.samples_per_chunk = min(s.samples_per_chunk, _MAX_N.value)
-    s.soft_beta = 0.0
-    run_dir = os.path.join(workdir, f"bon_{name.replace(' ', '_')}")
-    _run(config, run_dir)
-    with open(os.path.join(run_dir, "best_of_n.json"), encoding="utf-8") as f:
-        rows = json.load(f)["best_of_n"]
-    return {  # the exact KL where the draws allow it (N ≤ max_n / 4), else the bound
+    fields = lambda proxy: dict(zip(("model", "aggregation", "uwo_penalty"), proxy, strict=True))
+    proxies = {name: fields(proxy_of[name]) for name in names}
+    return bon.score_proxies(config, proxies, cache=os.path.join(workdir, "bon_scores.npz"))
+
+
+def bon_points(scores: dict, name: str) -> dict:
+    """Best-of-N by ``name``'s score for every N ≤ max_n: gold and proxy means, and the exact
+    KL where the draws allow it (N ≤ max_n / 4), else the bound log N − (N − 1)/N."""
+    from irl_jax.evaluation import best_of_n as estimators
+
+    rows = estimators.report_rows(scores[name], scores["gold"], scores[name].shape[1])
+    return {
         "n": [r["n"] for r in rows],
         "kl": [r["kl_bound"] if r["kl_exact"] is None else r["kl_exact"] for r in rows],
         "gold": [r["gold_mean"] for r in rows],
@@ -177,7 +185,7 @@ def rl_points(workdir: str, policy: str, name: str, proxy) -> dict:
 
     config = rlhf.get_config()
     config.init_from = policy
-    _set_reward(config, proxy)
+    config.reward.model, config.reward.aggregation, config.reward.uwo_penalty = proxy
     config.num_steps, config.eval_every = _RL_STEPS.value, _EVAL_EVERY.value
     config.policy_eval.num_prompts = 128
     config.policy_gradient.kl_coef = _KL_COEF.value
@@ -214,13 +222,14 @@ def markdown(results: dict, seconds: float) -> str:
         f"β_ann = {_BETA_ANN.value:g}, {_MEMBERS.value} members).",
         "",
         "| ensemble | member correlation (mean / max) | margin variance, wrongly / rightly "
-        "ranked pairs | wrongly ranked |",
-        "|---|---|---|---|",
+        "ranked pairs | minority share, wrongly / rightly | wrongly ranked |",
+        "|---|---|---|---|---|",
     ]
     for name, a in results["agreement"].items():
         lines.append(
             f"| {name} | {a['mean_correlation']:.3f} / {a['max_correlation']:.3f} | "
-            f"{a['var_wrong']:.3f} / {a['var_right']:.3f} | {a['wrong_fraction']:.3f} |"
+            f"{a['var_wrong']:.3f} / {a['var_right']:.3f} | "
+            f"{a['split_wrong']:.3f} / {a['split_right']:.3f} | {a['wrong_fraction']:.3f} |"
         )
     header = " | ".join(f"KL {kl:g}" for kl in MATCHED_KL)
     for method in ("bon", "grpo"):
@@ -268,23 +277,38 @@ def main(argv: list[str]) -> None:
     if _SMOKE.value:
         flags.FLAGS.members, flags.FLAGS.max_n, flags.FLAGS.bon_prompts = 2, 4, 8
         flags.FLAGS.rl_steps, flags.FLAGS.eval_every, flags.FLAGS.pairs = 4, 2, 64
-    start = time.perf_counter()
-    workdir = _WORKDIR.value
-    policy = sft_policy(workdir)
-    member_paths, shared_path = reward_models(workdir)
-    results = {"agreement": agreement(member_paths, shared_path), "proxies": {}}
-    for name, proxy in proxies(member_paths, shared_path).items():
-        if name not in _PROXIES.value:
-            continue
-        results["proxies"][name] = {
-            "bon": bon_points(workdir, policy, name, proxy),
-            "grpo": rl_points(workdir, policy, name, proxy),
+    workdir = os.path.abspath(_WORKDIR.value)
+    common.compilation_cache(workdir)
+    clock, start = common.Clock(), time.perf_counter()
+    policy = clock("sft", sft_policy, workdir)
+    member_paths, shared_path = clock("reward_models", reward_models, workdir)
+    results = {"agreement": clock("agreement", agreement, member_paths, shared_path)}
+    proxy_of = proxies(member_paths, shared_path)
+    names = _PROXIES.value
+    if unknown := [name for name in names if name not in proxy_of]:
+        raise app.UsageError(f"--proxies: unknown {unknown}; expected names of {list(proxy_of)}")
+    scores = clock("bon_draw", bon_scores, workdir, policy, names, proxy_of)
+    results["proxies"] = {
+        name: {
+            "bon": bon_points(scores, name),
+            "grpo": clock(f"grpo {name}", rl_points, workdir, policy, name, proxy_of[name]),
         }
+        for name in names
+    }
     seconds = time.perf_counter() - start
+    settings = {
+        name: flags.FLAGS[name].value
+        for name in ("sft", "members", "beta_ann", "uwo_penalty", "max_n", "bon_prompts")
+        + ("kl_coef", "rl_steps", "eval_every", "pairs", "proxies", "smoke")
+    }
+    report = {"seconds": seconds, "stage_seconds": clock.seconds, "settings": settings, **results}
     with open(os.path.join(workdir, "ensembles.json"), "w", encoding="utf-8") as f:
-        json.dump({"seconds": seconds, **results}, f, indent=1)
+        json.dump(report, f, indent=1)
     plot(results, os.path.join(workdir, "ensembles.png"))
-    print(markdown(results, seconds))
+    table = markdown(results, seconds)
+    with open(os.path.join(workdir, "ensembles.md"), "w", encoding="utf-8") as f:
+        f.write(table)
+    print(table)
 
 
 if __name__ == "__main__":

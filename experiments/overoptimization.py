@@ -44,7 +44,6 @@ d ≈ 4–5); the RL fits' R² is 0.26–0.71 on the pooled points, 0.58–0.94 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -53,6 +52,7 @@ from collections.abc import Callable
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import common
 from experiments.configs import best_of_n, ppo, rlhf, rm_bt, sft
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/overoptimization", "Runs and results.")
@@ -79,20 +79,6 @@ SIZES = {
 }
 RL_CONFIGS: dict[str, Callable] = {"grpo": rlhf.get_config, "ppo": ppo.get_config}
 FIT_KEYS = ("alpha", "beta", "r2", "peak_d", "peak_reward")
-
-
-class Clock:
-    """Wall seconds of each named stage (printed as it ends, kept for the JSON)."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    def __call__(self, name: str, fn: Callable, *args):
-        start = time.perf_counter()
-        result = fn(*args)
-        self.seconds[name] = time.perf_counter() - start
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {self.seconds[name]:.1f} s", flush=True)
-        return result
 
 
 def _run(config, workdir: str) -> dict[str, float]:
@@ -147,21 +133,7 @@ def proxy_quality(workdir: str, size: str) -> dict[str, float]:
 def bon_scores(workdir: str, policy: str, reward_models: dict[str, str]) -> dict[str, np.ndarray]:
     """``[prompts, max_n]`` rewards of one draw from the SFT policy: ``gold`` and each proxy
     (by size). Cached in WORKDIR/bon_scores.npz."""
-    path = os.path.join(workdir, "bon_scores.npz")
-    if os.path.exists(path):
-        with np.load(path) as cached:
-            if {"gold", *reward_models} <= set(cached.files) and cached["gold"].shape == (
-                _PROMPTS.value,
-                _MAX_N.value,
-            ):
-                return {name: cached[name] for name in ("gold", *reward_models)}
-    import jax
-    import optax
-
-    from irl_jax import rollout
-    from irl_jax import sharding as sharding_lib
     from irl_jax.algorithms import best_of_n as bon
-    from irl_jax.algorithms import setup as setup_lib
 
     config = best_of_n.get_config()
     config.init_from = policy
@@ -169,39 +141,8 @@ def bon_scores(workdir: str, policy: str, reward_models: dict[str, str]) -> dict
     settings.max_n, settings.num_prompts = _MAX_N.value, _PROMPTS.value
     settings.prompts_per_chunk = min(settings.prompts_per_chunk, _PROMPTS.value)
     settings.samples_per_chunk = min(settings.samples_per_chunk, _MAX_N.value)
-    setup = setup_lib.setup(config)
-    params = setup_lib.create_policy(setup, optax.identity())[0].params
-    sources = dict(setup_lib.gold_sources(setup))
-    for size, reward_model in reward_models.items():
-        config_of = config.copy_and_resolve_references()
-        config_of.reward.model = reward_model
-        sources[size] = setup_lib.reward_source(dataclasses.replace(setup, config=config_of))[1]
-    prompts = setup_lib.prompt_arrays(
-        config, setup.tokenizer, settings.num_prompts, config.data.seed + 7, split="eval"
-    )
-    data = sharding_lib.batch_sharding(setup.mesh)
-    rng = jax.random.key(config.seed)
-    parts: dict[str, list] = {name: [] for name in sources}
-    for index, first in enumerate(range(0, settings.num_prompts, settings.prompts_per_chunk)):
-        rows = slice(first, first + settings.prompts_per_chunk)
-        with jax.set_mesh(setup.mesh):
-            chunk, _, _ = bon.best_of_n(
-                setup.model_config,
-                params,
-                jax.device_put(prompts["prompt_ids"][rows], data),
-                jax.device_put(prompts["prompt_mask"][rows], data),
-                sources=sources,
-                rng=jax.random.fold_in(rng, index),
-                settings=rollout.SamplingSettings.from_config(config.sampling),
-                num_samples=settings.max_n,
-                samples_per_chunk=settings.samples_per_chunk,
-            )
-        for name in sources:
-            parts[name].append(chunk[name])
-    scores = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-    os.makedirs(workdir, exist_ok=True)
-    np.savez(path, **scores)
-    return scores
+    proxies = {size: {"model": path} for size, path in reward_models.items()}
+    return bon.score_proxies(config, proxies, cache=os.path.join(workdir, "bon_scores.npz"))
 
 
 def bon_points(scores: dict[str, np.ndarray], size: str) -> dict:
@@ -439,16 +380,6 @@ def fits_only(report: dict) -> dict:
     return {**report, "results": results}
 
 
-def _compilation_cache(workdir: str) -> None:
-    """RL runs that differ only in their seed compile the same programs: a persistent cache in
-    WORKDIR/jax_cache compiles them once (a fresh WORKDIR starts cold)."""
-    import jax
-
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -457,8 +388,8 @@ def main(argv: list[str]) -> None:
         flags.FLAGS.rl_steps, flags.FLAGS.eval_every = 4, 2
         flags.FLAGS.seeds = min(_SEEDS.value, 2)
     workdir = os.path.abspath(_WORKDIR.value)
-    _compilation_cache(workdir)
-    clock, start = Clock(), time.perf_counter()
+    common.compilation_cache(workdir)
+    clock, start = common.Clock(), time.perf_counter()
     policy = clock("sft", sft_policy, workdir)
     reward_models = {size: clock(f"rm_{size}", proxy, workdir, size) for size in _SIZES.value}
     scores = clock("bon_draw", bon_scores, workdir, policy, reward_models)

@@ -17,6 +17,9 @@ def test_disagreement_by_hand():
     out = ensemble.disagreement(chosen, rejected, gold_chosen, gold_rejected)
     assert out["var_right"] == pytest.approx(1.0)
     assert out["var_wrong"] == pytest.approx(2.5)
+    # minority side: pair 0 none (0), pairs 1 and 2 one member of two (0.5)
+    assert out["split_right"] == pytest.approx(0.0)
+    assert out["split_wrong"] == pytest.approx(0.5)
     assert out["wrong_fraction"] == pytest.approx(2 / 3)
     scores = np.concatenate([chosen, rejected])
     assert out["mean_correlation"] == pytest.approx(np.corrcoef(scores[:, 0], scores[:, 1])[0, 1])
@@ -29,10 +32,11 @@ def test_copies_correlate_perfectly_and_bad_shapes_are_refused():
         ensemble.member_correlations(scores)
 
 
-def test_driver_runs_end_to_end_in_its_smoke_size(tmp_path):
-    """SFT → two independent BT members and a two-head shared-backbone ensemble → agreement on
-    held-out pairs → Best-of-N and GRPO against the UWO ensemble → JSON, PNG and the markdown
-    tables (the single-member, mean and WCO proxies run through the same code path)."""
+def test_driver_runs_end_to_end_in_its_smoke_size(tmp_path, preference_sft):
+    """(The session's SFT policy →) two independent BT members and a two-head shared-backbone
+    ensemble → agreement on held-out pairs → one Best-of-N draw scored by the UWO ensemble, and
+    GRPO against it → JSON, PNG and the markdown tables (the single-member, mean and WCO
+    proxies run through the same code path)."""
     import json
     import os
     import subprocess
@@ -40,7 +44,7 @@ def test_driver_runs_end_to_end_in_its_smoke_size(tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     command = [sys.executable, "-m", "experiments.ensembles", "--smoke"]
-    command += [f"--workdir={tmp_path}", "--proxies=uwo"]
+    command += [f"--workdir={tmp_path}", f"--sft={preference_sft}", "--proxies=uwo"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -50,9 +54,19 @@ def test_driver_runs_end_to_end_in_its_smoke_size(tmp_path):
     for a in results["agreement"].values():
         assert -1.0 <= a["mean_correlation"] <= a["max_correlation"] <= 1.0
         assert a["var_wrong"] >= 0.0 and a["var_right"] >= 0.0 and 0 <= a["wrong_fraction"] <= 1
+        assert 0.0 <= a["split_wrong"] <= 0.5 and 0.0 <= a["split_right"] <= 0.5
+    # members from different seeds (init and data order) are different functions
+    assert results["agreement"]["independent"]["max_correlation"] < 0.99
     assert set(results["proxies"]) == {"uwo"}
     bon, grpo = results["proxies"]["uwo"]["bon"], results["proxies"]["uwo"]["grpo"]
     assert bon["n"] == [1, 2, 3, 4] and bon["kl"][0] == 0.0 and np.all(np.isfinite(bon["gold"]))
-    assert grpo["kl"] and np.all(np.isfinite(grpo["gold"])) and min(grpo["kl"]) >= 0.0
+    scores = np.load(tmp_path / "bon_scores.npz")  # one draw, scored by gold and the proxy
+    assert scores["gold"].shape == scores["uwo"].shape == (8, 4)
+    assert bon["gold"][-1] == pytest.approx(
+        scores["gold"][np.arange(8), scores["uwo"].argmax(1)].mean()
+    )
+    # four GRPO steps from the SFT policy: one final evaluation, still near the start (the KL
+    # is a sample mean of log-ratios, so it can be slightly negative)
+    assert grpo["step"] == [4] and abs(grpo["kl"][0]) < 0.5 and np.isfinite(grpo["gold"][0])
     assert os.path.getsize(tmp_path / "ensembles.png") > 0
     assert "| uwo |" in result.stdout

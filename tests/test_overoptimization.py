@@ -70,9 +70,9 @@ def test_r_squared():
     assert math.isnan(oo.r_squared([2.0, 2.0], [1.0, 3.0]))
 
 
-def test_driver_runs_end_to_end_in_its_smoke_size(tmp_path):
-    """SFT → a proxy RM → Best-of-N and GRPO (two seeds) against it → fits, JSON and PNG (PPO
-    runs through the same code path; tests/test_ppo.py covers it)."""
+def test_driver_runs_end_to_end_in_its_smoke_size(tmp_path, preference_sft):
+    """(The session's SFT policy →) a proxy RM → Best-of-N and GRPO (two seeds) against it →
+    fits, JSON and PNG (PPO runs through the same code path; tests/test_ppo.py covers it)."""
     import json
     import os
     import subprocess
@@ -80,7 +80,7 @@ def test_driver_runs_end_to_end_in_its_smoke_size(tmp_path):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     command = [sys.executable, "-m", "experiments.overoptimization", "--smoke"]
-    command += [f"--workdir={tmp_path}", "--sizes=small", "--rl=grpo"]
+    command += [f"--workdir={tmp_path}", f"--sft={preference_sft}", "--sizes=small", "--rl=grpo"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -234,6 +234,94 @@ def best_of_n(
     return scores, np.concatenate(lengths, axis=1), selection
 
 
+def draw_prompts(
+    setup: setup_lib.Setup,
+    params: Any,
+    prompts: dict[str, np.ndarray],
+    *,
+    sources: dict[str, Any],
+    rng: Array,
+    num_samples: int,
+    samples_per_chunk: int,
+    prompts_per_chunk: int,
+    select: str | None = None,
+    beta: float = 0.0,
+) -> tuple[dict[str, np.ndarray], list[Selection | None]]:
+    """``best_of_n`` over all of ``prompts`` (``prompt_arrays``' host arrays),
+    ``prompts_per_chunk`` at a time; prompt chunk i draws with ``fold_in(rng, i)``. Samples
+    follow ``setup.config.sampling``; a failing host reward function raises after its chunk.
+    Returns name → ``[prompts, num_samples]`` scores and each prompt chunk's picks."""
+    data = sharding_lib.batch_sharding(setup.mesh)
+    settings = rollout.SamplingSettings.from_config(setup.config.sampling)
+    parts, picks = {name: [] for name in sources}, []
+    for index, first in enumerate(range(0, len(prompts["prompt_ids"]), prompts_per_chunk)):
+        rows = slice(first, first + prompts_per_chunk)
+        with jax.set_mesh(setup.mesh):
+            chunk, _, selection = user_rewards.checked(best_of_n)(
+                setup.model_config,
+                params,
+                jax.device_put(prompts["prompt_ids"][rows], data),
+                jax.device_put(prompts["prompt_mask"][rows], data),
+                sources=sources,
+                rng=jax.random.fold_in(rng, index),
+                settings=settings,
+                num_samples=num_samples,
+                samples_per_chunk=samples_per_chunk,
+                select=select,
+                beta=beta,
+            )
+        for name in sources:
+            parts[name].append(chunk[name])
+        picks.append(selection)
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}, picks
+
+
+def score_proxies(
+    config: ml_collections.ConfigDict,
+    proxies: dict[str, dict[str, Any]],
+    cache: str | None = None,
+) -> dict[str, np.ndarray]:
+    """One draw of ``best_of_n.max_n`` responses to each of ``best_of_n.num_prompts`` held-out
+    prompts from the policy, scored by the gold reward and by every proxy: name → the fields of
+    ``config.reward`` it sets (``{"model": export}``, or several exports and an
+    ``aggregation``). Returns name → ``[prompts, max_n]`` host rewards ("gold" on a synthetic
+    task), so that proxies are compared on the same samples. ``cache``: an ``.npz`` file
+    reused when it holds these names at this shape, written otherwise."""
+    s = config.best_of_n
+    wanted = (*proxies, "gold")
+    if cache and os.path.exists(cache):
+        with np.load(cache) as cached:
+            if set(wanted) <= set(cached.files) and cached["gold"].shape == (
+                s.num_prompts,
+                s.max_n,
+            ):
+                return {name: cached[name] for name in wanted}
+    setup = setup_lib.setup(config)
+    params = setup_lib.create_policy(setup, optax.identity())[0].params
+    sources = dict(setup_lib.gold_sources(setup))
+    for name, fields in proxies.items():
+        config_of = config.copy_and_resolve_references()
+        config_of.reward.update(fields)
+        sources[name] = setup_lib.reward_source(dataclasses.replace(setup, config=config_of))[1]
+    prompts = setup_lib.prompt_arrays(
+        config, setup.tokenizer, s.num_prompts, config.data.seed + 7, split="eval"
+    )
+    scores, _ = draw_prompts(
+        setup,
+        params,
+        prompts,
+        sources=sources,
+        rng=jax.random.key(config.seed),
+        num_samples=s.max_n,
+        samples_per_chunk=s.samples_per_chunk,
+        prompts_per_chunk=s.prompts_per_chunk,
+    )
+    if cache and jax.process_index() == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(cache)), exist_ok=True)
+        np.savez(cache, **scores)
+    return scores
+
+
 # ----------------------------------------------------------------------------- the report
 
 
@@ -310,32 +398,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     prompts = setup_lib.prompt_arrays(
         config, setup.tokenizer, s.num_prompts, config.data.seed + 7, split="eval"
     )
-    settings = rollout.SamplingSettings.from_config(config.sampling)
-    data = sharding_lib.batch_sharding(setup.mesh)
-    rng = jax.random.key(config.seed)
-    scores, picks = {name: [] for name in sources}, []
     sampling_started = time.perf_counter()
-    for index, first in enumerate(range(0, s.num_prompts, s.prompts_per_chunk)):
-        rows = slice(first, first + s.prompts_per_chunk)
-        with jax.set_mesh(setup.mesh):
-            # checked: raises a user reward function's error once the chunk has run
-            chunk, _, selection = user_rewards.checked(best_of_n)(
-                setup.model_config,
-                params,
-                jax.device_put(prompts["prompt_ids"][rows], data),
-                jax.device_put(prompts["prompt_mask"][rows], data),
-                sources=sources,
-                rng=jax.random.fold_in(rng, index),
-                settings=settings,
-                num_samples=s.max_n,
-                samples_per_chunk=s.samples_per_chunk,
-                select=proxy_name,
-            )
-        for name in sources:
-            scores[name].append(chunk[name])
-        picks.append(selection)
+    scores, picks = draw_prompts(
+        setup,
+        params,
+        prompts,
+        sources=sources,
+        rng=jax.random.key(config.seed),
+        num_samples=s.max_n,
+        samples_per_chunk=s.samples_per_chunk,
+        prompts_per_chunk=s.prompts_per_chunk,
+        select=proxy_name,
+    )
     sampling_seconds = time.perf_counter() - sampling_started
-    scores = {name: np.concatenate(parts) for name, parts in scores.items()}
     gold = scores.get("gold")
     report: dict[str, Any] = {
         "num_prompts": s.num_prompts,

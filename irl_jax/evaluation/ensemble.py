@@ -10,7 +10,9 @@ measured on held-out pairs with known gold preferences:
   responses (1 = the members are copies);
 * ``disagreement``: the variance across members of the predicted margin r_k(y₁) − r_k(y₂),
   averaged over the pairs that the members' mean ranks wrongly (against gold) and over those it
-  ranks rightly.
+  ranks rightly, and the share of members on the minority side of each pair's ranking (0: all
+  agree on which response is better; 0.5: an even split) — a variance-free view, since raw
+  margin variance grows with the margin itself.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def disagreement(
 
     Returns:
       ``var_wrong`` / ``var_right``: mean over those pairs of the members' margin variance
-      (ddof = 0; NaN when there is no such pair), ``wrong_fraction`` among pairs with a gold
+      (ddof = 0; NaN when there is no such pair), ``split_wrong`` / ``split_right``: the same
+      means of the share of members on the minority side of the pair's ranking (a member with
+      margin 0 sides with neither), ``wrong_fraction`` among pairs with a gold
       order, and ``max_correlation`` / ``mean_correlation`` between members (over all 2P
       responses).
     """
@@ -51,12 +55,15 @@ def disagreement(
     wrong = ordered & (np.sign(margins.mean(axis=1)) != gold)
     right = ordered & ~wrong
     variance = margins.var(axis=1)
-    mean_where = lambda m: float(variance[m].mean()) if m.any() else float("nan")
+    split = np.minimum((margins > 0).mean(axis=1), (margins < 0).mean(axis=1))
+    mean_where = lambda values, m: float(values[m].mean()) if m.any() else float("nan")
     corr = member_correlations(np.concatenate([chosen, rejected]))
     off_diagonal = corr[~np.eye(len(corr), dtype=bool)]
     return {
-        "var_wrong": mean_where(wrong),
-        "var_right": mean_where(right),
+        "var_wrong": mean_where(variance, wrong),
+        "var_right": mean_where(variance, right),
+        "split_wrong": mean_where(split, wrong),
+        "split_right": mean_where(split, right),
         "wrong_fraction": float(wrong.sum() / max(ordered.sum(), 1)),
         "max_correlation": float(off_diagonal.max()),
         "mean_correlation": float(off_diagonal.mean()),
