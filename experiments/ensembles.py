@@ -18,9 +18,9 @@ Steps (each a normal run directory under WORKDIR, reused by a rerun):
    proxy (``best_of_n.score_proxies``, cached in WORKDIR/bon_scores.npz) — the first member
    alone, the independent ensemble's mean / WCO / UWO (λ = ``--uwo_penalty``), the shared heads'
    UWO (``--proxies`` also takes ``member 1`` … to run a member alone);
-5. GRPO (β = ``--kl_coef``, evaluated every ``--eval_every`` iterations) from the SFT policy
-   against each proxy, and the gold reward at matched KL (linear interpolation between
-   evaluations).
+5. GRPO (β = ``--kl_coef``, evaluated every ``--eval_every`` iterations, ``--seeds`` runs) from
+   the SFT policy against each proxy, and the gold reward at matched KL (linear interpolation
+   between a run's evaluations; mean and standard deviation over the seeds).
 
 Writes WORKDIR/ensembles.json, WORKDIR/ensembles.md (the tables, also printed) and
 WORKDIR/ensembles.png (gold reward against KL for Best-of-N and RL, one line per proxy).
@@ -47,6 +47,7 @@ _MAX_N = flags.DEFINE_integer("max_n", 256, "Best-of-N up to this N (draws per p
 _BON_PROMPTS = flags.DEFINE_integer("bon_prompts", 64, "Held-out prompts for Best-of-N.")
 _KL_COEF = flags.DEFINE_float("kl_coef", 0.1, "GRPO's KL coefficient.")
 _RL_STEPS = flags.DEFINE_integer("rl_steps", 150, "GRPO iterations.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "GRPO runs (seeds 0 … seeds − 1) per proxy.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 10, "GRPO iterations between evaluations.")
 _PAIRS = flags.DEFINE_integer("pairs", 1024, "Held-out pairs for the agreement metrics.")
 _PROXIES = flags.DEFINE_list(
@@ -54,7 +55,7 @@ _PROXIES = flags.DEFINE_list(
 )
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes end to end (the test suite's run).")
 
-MATCHED_KL = (5.0, 10.0, 20.0, 30.0, 40.0, 50.0)
+MATCHED_KL = {"bon": (1.0, 2.0, 3.0, 4.0), "grpo": (5.0, 10.0, 20.0, 30.0, 40.0, 50.0)}
 
 
 def _run(config, workdir: str) -> dict[str, float]:
@@ -180,10 +181,12 @@ def bon_points(scores: dict, name: str) -> dict:
     }
 
 
-def rl_points(workdir: str, policy: str, name: str, proxy) -> dict:
+def rl_points(workdir: str, policy: str, name: str, proxy, seed: int) -> dict:
+    """Gold, proxy and KL at every evaluation of one GRPO run (``seed``) against ``proxy``."""
     from irl_jax.metrics import policy_evaluations
 
     config = rlhf.get_config()
+    config.seed = seed
     config.init_from = policy
     config.reward.model, config.reward.aggregation, config.reward.uwo_penalty = proxy
     config.num_steps, config.eval_every = _RL_STEPS.value, _EVAL_EVERY.value
@@ -191,7 +194,7 @@ def rl_points(workdir: str, policy: str, name: str, proxy) -> dict:
     config.policy_gradient.kl_coef = _KL_COEF.value
     if _SMOKE.value:
         config.batch_size = 8
-    run_dir = os.path.join(workdir, f"grpo_{name.replace(' ', '_')}")
+    run_dir = os.path.join(workdir, f"grpo_{name.replace(' ', '_')}_seed{seed}")
     _run(config, run_dir)
     points = policy_evaluations(
         run_dir,
@@ -216,10 +219,27 @@ def at_kl(points: dict, kl: float) -> float:
     return float(np.interp(kl, x, y))
 
 
+def at_kl_over_seeds(runs: list[dict], kl: float) -> tuple[float, float, int]:
+    """Mean and standard deviation over the seeds that reached ``kl`` of their gold reward
+    there, and how many did."""
+    values = [v for v in (at_kl(run, kl) for run in runs) if np.isfinite(v)]
+    if not values:
+        return float("nan"), float("nan"), 0
+    return float(np.mean(values)), float(np.std(values)), len(values)
+
+
+def _pm(mean: float, sd: float, n: int, seeds: int) -> str:
+    if not n:
+        return "—"
+    return f"{mean:.2f} ± {sd:.2f}" + (f" ({n})" if n < seeds else "")
+
+
 def markdown(results: dict, seconds: float) -> str:
+    seeds = _SEEDS.value
     lines = [
         f"Reward-model ensembles (`python -m experiments.ensembles`, {seconds / 60:.1f} min; "
-        f"β_ann = {_BETA_ANN.value:g}, {_MEMBERS.value} members).",
+        f"β_ann = {_BETA_ANN.value:g}, {_MEMBERS.value} members, GRPO β = {_KL_COEF.value:g}, "
+        f"{seeds} seeds).",
         "",
         "| ensemble | member correlation (mean / max) | margin variance, wrongly / rightly "
         "ranked pairs | minority share, wrongly / rightly | wrongly ranked |",
@@ -231,25 +251,54 @@ def markdown(results: dict, seconds: float) -> str:
             f"{a['var_wrong']:.3f} / {a['var_right']:.3f} | "
             f"{a['split_wrong']:.3f} / {a['split_right']:.3f} | {a['wrong_fraction']:.3f} |"
         )
-    header = " | ".join(f"KL {kl:g}" for kl in MATCHED_KL)
-    for method in ("bon", "grpo"):
-        lines += [
-            "",
-            f"**{'Best-of-N' if method == 'bon' else 'GRPO'}: gold reward at matched KL "
-            "(nats), peak gold, and gold / KL at the end**",
-            "",
-            f"| proxy | {header} | peak gold (at KL) | last gold | last KL |",
-            "|---" * (len(MATCHED_KL) + 4) + "|",
-        ]
-        for name, by_method in results["proxies"].items():
-            p = by_method[method]
-            cells = " | ".join(f"{at_kl(p, kl):.3f}" for kl in MATCHED_KL)
-            best = int(np.argmax(p["gold"]))
-            lines.append(
-                f"| {name} | {cells} | {p['gold'][best]:.3f} ({p['kl'][best]:.1f}) | "
-                f"{p['gold'][-1]:.3f} ± {p['gold_stderr'][-1]:.3f} | {p['kl'][-1]:.1f} |"
-            )
+    header = " | ".join(f"KL {kl:g}" for kl in MATCHED_KL["bon"])
+    lines += [
+        "",
+        "**Best-of-N: gold reward at matched KL (nats; one draw, ± stderr over prompts)**",
+        "",
+        f"| proxy | {header} | peak gold (at KL) | gold at N = {_MAX_N.value} (KL) |",
+        "|---" * (len(MATCHED_KL["bon"]) + 3) + "|",
+    ]
+    for name, by_method in results["proxies"].items():
+        p = by_method["bon"]
+        cells = " | ".join(f"{at_kl(p, kl):.3f}" for kl in MATCHED_KL["bon"])
+        best = int(np.argmax(p["gold"]))
+        lines.append(
+            f"| {name} | {cells} | {p['gold'][best]:.3f} ({p['kl'][best]:.1f}) | "
+            f"{p['gold'][-1]:.3f} ± {p['gold_stderr'][-1]:.3f} ({p['kl'][-1]:.1f}) |"
+        )
+    header = " | ".join(f"KL {kl:g}" for kl in MATCHED_KL["grpo"])
+    lines += [
+        "",
+        f"**GRPO: gold reward at matched KL (nats; mean ± sd over {seeds} seeds, (n): seeds "
+        "that reached it), the runs' peak and their end**",
+        "",
+        f"| proxy | {header} | peak gold (at KL) | last gold | last KL |",
+        "|---" * (len(MATCHED_KL["grpo"]) + 4) + "|",
+    ]
+    for name, by_method in results["proxies"].items():
+        runs = by_method["grpo"]
+        cells = " | ".join(_pm(*at_kl_over_seeds(runs, kl), seeds) for kl in MATCHED_KL["grpo"])
+        peaks = [int(np.argmax(run["gold"])) for run in runs]
+        peak_gold = np.mean([run["gold"][i] for run, i in zip(runs, peaks)])
+        peak_kl = np.mean([run["kl"][i] for run, i in zip(runs, peaks)])
+        last_gold = [run["gold"][-1] for run in runs]
+        last_kl = np.mean([run["kl"][-1] for run in runs])
+        lines.append(
+            f"| {name} | {cells} | {peak_gold:.2f} ({peak_kl:.0f}) | "
+            f"{_pm(np.mean(last_gold), np.std(last_gold), len(runs), seeds)} | {last_kl:.0f} |"
+        )
     return "\n".join(lines).replace("nan", "—") + "\n"
+
+
+def mean_curve(runs: list[dict], points: int = 30) -> tuple[list, list, list]:
+    """The seeds' gold reward on a common KL grid (up to the KL every seed reached): mean and
+    standard deviation."""
+    top = min(max(run["kl"]) for run in runs)
+    low = max(min(run["kl"]) for run in runs)
+    grid = np.linspace(low, top, points) if top > low else np.array([low])
+    values = np.array([[at_kl(run, kl) for kl in grid] for run in runs])
+    return grid.tolist(), values.mean(0).tolist(), values.std(0).tolist()
 
 
 def plot(results: dict, path: str) -> None:
@@ -258,13 +307,13 @@ def plot(results: dict, path: str) -> None:
     runs = {
         name: {
             "Best-of-N": (m["bon"]["kl"], m["bon"]["gold"], m["bon"]["gold_stderr"]),
-            "GRPO": (m["grpo"]["kl"], m["grpo"]["gold"], m["grpo"]["gold_stderr"]),
+            f"GRPO (mean ± sd over {len(m['grpo'])} seeds)": mean_curve(m["grpo"]),
         }
         for name, m in results["proxies"].items()
     }
     plots.metric_grid(
         runs,
-        ["Best-of-N", "GRPO"],
+        list(next(iter(runs.values()))),
         path,
         xlabel="KL(π ‖ π_SFT), nats",
         title=f"Gold reward against KL, proxies trained with β_ann = {_BETA_ANN.value:g}",
@@ -277,6 +326,7 @@ def main(argv: list[str]) -> None:
     if _SMOKE.value:
         flags.FLAGS.members, flags.FLAGS.max_n, flags.FLAGS.bon_prompts = 2, 4, 8
         flags.FLAGS.rl_steps, flags.FLAGS.eval_every, flags.FLAGS.pairs = 4, 2, 64
+        flags.FLAGS.seeds = 1
     workdir = os.path.abspath(_WORKDIR.value)
     common.compilation_cache(workdir)
     clock, start = common.Clock(), time.perf_counter()
@@ -291,7 +341,10 @@ def main(argv: list[str]) -> None:
     results["proxies"] = {
         name: {
             "bon": bon_points(scores, name),
-            "grpo": clock(f"grpo {name}", rl_points, workdir, policy, name, proxy_of[name]),
+            "grpo": [
+                clock(f"grpo {name} seed {k}", rl_points, workdir, policy, name, proxy_of[name], k)
+                for k in range(_SEEDS.value)
+            ],
         }
         for name in names
     }
@@ -299,7 +352,7 @@ def main(argv: list[str]) -> None:
     settings = {
         name: flags.FLAGS[name].value
         for name in ("sft", "members", "beta_ann", "uwo_penalty", "max_n", "bon_prompts")
-        + ("kl_coef", "rl_steps", "eval_every", "pairs", "proxies", "smoke")
+        + ("kl_coef", "rl_steps", "seeds", "eval_every", "pairs", "proxies", "smoke")
     }
     report = {"seconds": seconds, "stage_seconds": clock.seconds, "settings": settings, **results}
     with open(os.path.join(workdir, "ensembles.json"), "w", encoding="utf-8") as f:

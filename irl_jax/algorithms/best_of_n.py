@@ -14,6 +14,10 @@ prompts), the win rate against a plain sample, KL(π_BoN ‖ π) exactly through
 distribution (where M ≥ 4N) and its bound log N − (N−1)/N, and soft Best-of-N at
 ``soft_beta`` (N ≤ M/4). It writes ``WORKDIR/best_of_n.json`` and ``WORKDIR/best_of_n.png``
 (gold and proxy reward against KL).
+
+``draw_prompts`` runs ``best_of_n`` over many prompts in chunks (the algorithm and the drivers
+use it); ``score_proxies`` scores one such draw by several proxies at once, so that experiments
+comparing reward models (over-optimization curves, ensembles) compare them on the same samples.
 """
 
 from __future__ import annotations
