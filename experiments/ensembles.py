@@ -54,6 +54,9 @@ _PROXIES = flags.DEFINE_list(
     "proxies", ["single", "mean", "wco", "uwo", "shared uwo"], "Proxies to optimize against."
 )
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes end to end (the test suite's run).")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Rewrite the tables and the figure from WORKDIR/ensembles.json."
+)
 
 MATCHED_KL = {"bon": (1.0, 2.0, 3.0, 4.0), "grpo": (5.0, 10.0, 20.0, 30.0, 40.0, 50.0)}
 
@@ -225,7 +228,12 @@ def at_kl_over_seeds(runs: list[dict], kl: float) -> tuple[float, float, int]:
     values = [v for v in (at_kl(run, kl) for run in runs) if np.isfinite(v)]
     if not values:
         return float("nan"), float("nan"), 0
-    return float(np.mean(values)), float(np.std(values)), len(values)
+    return float(np.mean(values)), _sd(values), len(values)
+
+
+def _sd(values: list[float]) -> float:
+    """The sample standard deviation (ddof = 1; 0 for one value)."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def _pm(mean: float, sd: float, n: int, seeds: int) -> str:
@@ -286,7 +294,7 @@ def markdown(results: dict, seconds: float) -> str:
         last_kl = np.mean([run["kl"][-1] for run in runs])
         lines.append(
             f"| {name} | {cells} | {peak_gold:.2f} ({peak_kl:.0f}) | "
-            f"{_pm(np.mean(last_gold), np.std(last_gold), len(runs), seeds)} | {last_kl:.0f} |"
+            f"{_pm(np.mean(last_gold), _sd(last_gold), len(runs), seeds)} | {last_kl:.0f} |"
         )
     return "\n".join(lines).replace("nan", "—") + "\n"
 
@@ -298,7 +306,8 @@ def mean_curve(runs: list[dict], points: int = 30) -> tuple[list, list, list]:
     low = max(min(run["kl"]) for run in runs)
     grid = np.linspace(low, top, points) if top > low else np.array([low])
     values = np.array([[at_kl(run, kl) for kl in grid] for run in runs])
-    return grid.tolist(), values.mean(0).tolist(), values.std(0).tolist()
+    sd = values.std(0, ddof=1) if len(runs) > 1 else np.zeros(len(grid))
+    return grid.tolist(), values.mean(0).tolist(), sd.tolist()
 
 
 def plot(results: dict, path: str) -> None:
@@ -317,6 +326,7 @@ def plot(results: dict, path: str) -> None:
         path,
         xlabel="KL(π ‖ π_SFT), nats",
         title=f"Gold reward against KL, proxies trained with β_ann = {_BETA_ANN.value:g}",
+        err_style="band",
     )
 
 
@@ -328,6 +338,13 @@ def main(argv: list[str]) -> None:
         flags.FLAGS.rl_steps, flags.FLAGS.eval_every, flags.FLAGS.pairs = 4, 2, 64
         flags.FLAGS.seeds = 1
     workdir = os.path.abspath(_WORKDIR.value)
+    if not _REPORT_ONLY.value:
+        run_all(workdir)
+    write_report(workdir)
+
+
+def run_all(workdir: str) -> None:
+    """Every stage, into WORKDIR/ensembles.json."""
     common.compilation_cache(workdir)
     clock, start = common.Clock(), time.perf_counter()
     policy = clock("sft", sft_policy, workdir)
@@ -357,8 +374,17 @@ def main(argv: list[str]) -> None:
     report = {"seconds": seconds, "stage_seconds": clock.seconds, "settings": settings, **results}
     with open(os.path.join(workdir, "ensembles.json"), "w", encoding="utf-8") as f:
         json.dump(report, f, indent=1)
-    plot(results, os.path.join(workdir, "ensembles.png"))
-    table = markdown(results, seconds)
+
+
+def write_report(workdir: str) -> None:
+    """WORKDIR/ensembles.png and ensembles.md (printed too) from WORKDIR/ensembles.json, under
+    the settings it records (``--report_only`` runs only this)."""
+    with open(os.path.join(workdir, "ensembles.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    for name in ("members", "beta_ann", "max_n", "kl_coef", "seeds"):
+        flags.FLAGS[name].value = report["settings"][name]
+    plot(report, os.path.join(workdir, "ensembles.png"))
+    table = markdown(report, report["seconds"])
     with open(os.path.join(workdir, "ensembles.md"), "w", encoding="utf-8") as f:
         f.write(table)
     print(table)
