@@ -1,9 +1,6 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported), offline hubs, one persistent
-XLA compilation cache per test run."""
+"""Test setup: 8 fake CPU devices (set before jax is imported), offline hubs."""
 
 import os
-import shutil
-import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -14,27 +11,12 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# A program that several tests build alike (the same step of the same tiny model) compiles once
-# per run: the cache is made fresh by the pytest process that starts the run and inherited by
-# its xdist workers and by the subprocesses tests start, so every run starts cold and timings
-# stay honest. tests/jax_utils.count_compiles counts cache hits as compiles, so the
-# no-recompile tests still fail on a recompile that the cache would serve.
-_OWN_CACHE = None
-if "PYTEST_XDIST_WORKER" not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _OWN_CACHE = tempfile.mkdtemp(prefix="irl_jax_test_xla_cache_")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
-
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
 import pytest  # noqa: E402
-
-
-def pytest_unconfigure(config):
-    if _OWN_CACHE is not None:
-        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
