@@ -30,3 +30,66 @@ def compilation_cache(workdir: str) -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _pin(cores) -> None:
+    """Worker initializer: this process on its share of the cores (``cores.get()``)."""
+    os.sched_setaffinity(0, cores.get())
+
+
+def _train(config, workdir: str, cache_root: str) -> float:
+    """One run (``algorithms.run``, in a worker process or this one); its wall seconds."""
+    from irl_jax import algorithms
+
+    compilation_cache(cache_root)
+    start = time.perf_counter()
+    algorithms.run(config, workdir)
+    return time.perf_counter() - start
+
+
+def default_workers() -> int:
+    """2 on a CPU with at least two cores (see ``train_runs``), else 1."""
+    import jax
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return 2 if jax.default_backend() == "cpu" and cores >= 2 else 1
+
+
+def train_runs(runs: dict[str, tuple], workers: int, cache_root: str) -> dict[str, float]:
+    """Trains independent runs, ``name -> (config, run_dir)``; returns each run's wall seconds
+    (printed as it ends).
+
+    ``workers`` > 1 trains them in as many spawned processes, each pinned to its own share of
+    the CPU cores. The drivers' models are tiny: their ops are too small to gain from a second
+    thread, while two threads per op cost synchronisation. On 2 cores one PPO run took 45 s on
+    both cores, 40 s pinned to one, and 38 s each for two at once pinned to one core each. A
+    run's numbers depend on its thread count (XLA splits reductions by thread), so results
+    repeat for the same ``workers`` on the same cores, and ``workers`` = 1 (the runs one after
+    another in this process, on all cores) gives other draws of the same experiment."""
+    seconds: dict[str, float] = {}
+
+    def done(name: str, value: float) -> None:
+        seconds[name] = value
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {value:.1f} s", flush=True)
+
+    if workers <= 1:
+        for name, (config, path) in runs.items():
+            done(name, _train(config, path, cache_root))
+        return seconds
+    import concurrent.futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    cores, all_cores = context.Queue(), sorted(os.sched_getaffinity(0))
+    for index in range(workers):
+        cores.put(all_cores[index::workers] or all_cores)
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_pin, initargs=(cores,)
+    ) as pool:
+        futures = {
+            pool.submit(_train, config, path, cache_root): name
+            for name, (config, path) in runs.items()
+        }
+        for future in concurrent.futures.as_completed(futures):
+            done(futures[future], future.result())
+    return {name: seconds[name] for name in runs}

@@ -16,10 +16,11 @@ WORKDIR/bon_scores.npz, so a rerun resumes or reuses them):
    (``algorithms.best_of_n.best_of_n``), so all proxies select from the same samples; d from
    Gao et al.'s log N − (N − 1)/N and, beside it, the exact KL of ``evaluation.best_of_n``;
 4. RL against each proxy (``--rl``: ``grpo`` from ``rlhf.py`` and/or ``ppo`` from ``ppo.py``),
-   ``--seeds`` runs each, evaluated every ``--eval_every`` iterations on the same held-out prompts
-   as Best-of-N: each evaluation is one point (d = √eval/kl_mean). Gains are measured from the
-   SFT policy's mean over all Best-of-N draws (512 per prompt), not from the evaluation's own
-   single reference draw, whose sampling error would shift every point of a run alike;
+   ``--seeds`` runs each (``--workers`` at a time, ``experiments.common.train_runs``), evaluated
+   every ``--eval_every`` iterations on the same held-out prompts as Best-of-N: each evaluation
+   is one point (d = √eval/kl_mean). Gains are measured from the SFT policy's mean over all
+   Best-of-N draws (512 per prompt), not from the evaluation's own single reference draw, whose
+   sampling error would shift every point of a run alike;
 5. least-squares fits d(α − βd) for Best-of-N and d(α − β log d) for RL of the gold reward gain
    over the SFT policy (``irl_jax.evaluation.overoptimization``), with R² and the peak: for RL on
    the pooled points of all seeds, and per seed for the spread of α, β and the final gain.
@@ -35,11 +36,11 @@ WORKDIR/overoptimization.png (gold — solid — and proxy — dotted — gain a
 seed, fitted gold curves dashed; one column per proxy size, one row per method) and prints a
 markdown table of the fits.
 
-Measured (15.4–16.6 min on 2 CPU cores shared with a test suite; README "Over-optimization"): the
+Measured (9.1 min on 2 idle cores, the RL runs two at a time; README "Over-optimization"): the
 three proxies reach the same held-out gold accuracy (0.83); Best-of-N fits d(α − βd) with R²
 0.94–0.98 and peaks at d ≈ 1.9–2.1 (+0.83 gold); against the medium and large proxies GRPO and
-PPO peak at d ≈ 1.9–2.3 (+0.58–0.68) and fall to +0.30 (GRPO, d ≈ 6) and −0.09 … +0.66 (PPO,
-d ≈ 4–5); the RL fits' R² is 0.26–0.71 on the pooled points, 0.58–0.94 on bin means.
+PPO peak at d ≈ 1.7–2.3 (+0.57–0.71) and fall to +0.31 … +0.34 (GRPO, d ≈ 6) and −0.42 … +0.69
+(PPO, d ≈ 4–5); the RL fits' R² is 0.22–0.72 on the pooled points, 0.30–0.95 on bin means.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ _PPO_KL_COEF = flags.DEFINE_float("ppo_kl_coef", 0.05, "β of PPO (k1 reward pen
 _RL_STEPS = flags.DEFINE_integer("rl_steps", 80, "RL iterations.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 2, "RL iterations between evaluations (points).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "RL runs (seeds 0 … seeds − 1) per method and proxy.")
+_WORKERS = flags.DEFINE_integer(
+    "workers",
+    0,
+    "RL runs trained at once, each in a process on its share of the cores "
+    "(experiments.common.train_runs); 0: 2 on a CPU with two or more cores, else 1.",
+)
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes end to end (the test suite's run).")
 
 # Proxy reward model shapes (gpt2 architecture, trained from scratch on the same pairs): 24k,
@@ -164,19 +171,13 @@ def bon_points(scores: dict[str, np.ndarray], size: str) -> dict:
     }
 
 
-def rl_points(
-    workdir: str, policy: str, reward_model: str, name: str, seed: int, base: dict
-) -> dict:
-    """Gains over the SFT policy (``base``: its mean gold and proxy reward on the evaluation
-    prompts) at every evaluation of one RL run against the proxy; ``name`` is
-    ``METHOD_SIZE``."""
-    from irl_jax.metrics import policy_evaluations
-
-    method = name.split("_")[0]
+def rl_config(policy: str, reward_model: str, method: str, seed: int):
+    """The RL run of ``method`` (``grpo`` or ``ppo``) against one proxy, from the SFT policy."""
     config = RL_CONFIGS[method]()
     config.seed = seed
     config.init_from, config.reward.model = policy, reward_model
     config.num_steps, config.eval_every = _RL_STEPS.value, _EVAL_EVERY.value
+    config.checkpoint_every = 0
     config.policy_eval.num_prompts = _PROMPTS.value
     if method == "ppo":
         config.ppo.kl_coef = _PPO_KL_COEF.value
@@ -186,8 +187,14 @@ def rl_points(
         config.batch_size = 8
         if method == "ppo":
             config.ppo.num_minibatches = 1
-    run_dir = os.path.join(workdir, f"{name}_seed{seed}")
-    _run(config, run_dir)
+    return config
+
+
+def rl_points(run_dir: str, seed: int, base: dict) -> dict:
+    """Gains over the SFT policy (``base``: its mean gold and proxy reward on the evaluation
+    prompts) at every evaluation of one finished RL run against a proxy."""
+    from irl_jax.metrics import policy_evaluations
+
     p = policy_evaluations(
         run_dir,
         kl="eval/kl_mean",
@@ -393,16 +400,22 @@ def main(argv: list[str]) -> None:
     policy = clock("sft", sft_policy, workdir)
     reward_models = {size: clock(f"rm_{size}", proxy, workdir, size) for size in _SIZES.value}
     scores = clock("bon_draw", bon_scores, workdir, policy, reward_models)
-    results: dict[str, dict] = {}
+    jobs = {}  # name -> (config, run directory)
     for size, reward_model in reward_models.items():
+        for method in _RL.value:
+            for seed in range(_SEEDS.value):
+                name = f"{method}_{size}_seed{seed}"
+                config = rl_config(policy, reward_model, method, seed)
+                jobs[name] = (config, os.path.join(workdir, name))
+    workers = _WORKERS.value or common.default_workers()
+    clock.seconds.update(clock("rl", common.train_runs, jobs, workers, workdir))
+    results: dict[str, dict] = {}
+    for size in reward_models:
         base = {"gold": float(scores["gold"].mean()), "proxy": float(scores[size].mean())}
         results[size] = {"bon": bon_entry(bon_points(scores, size))}
         for method in _RL.value:
-            name = f"{method}_{size}"
             runs = [
-                clock(
-                    f"{name}_seed{seed}", rl_points, workdir, policy, reward_model, name, seed, base
-                )
+                rl_points(jobs[f"{method}_{size}_seed{seed}"][1], seed, base)
                 for seed in range(_SEEDS.value)
             ]
             results[size][method] = rl_entry(runs)
@@ -412,7 +425,7 @@ def main(argv: list[str]) -> None:
         name: flags.FLAGS[name].value
         for name in ("sft", "sizes", "rl", "max_n", "prompts", "grpo_kl_coef", "ppo_kl_coef")
         + ("rl_steps", "eval_every", "seeds", "smoke")
-    }
+    } | {"workers": workers}
     report = {
         "seconds": seconds,
         "stage_seconds": clock.seconds,

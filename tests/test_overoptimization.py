@@ -71,8 +71,9 @@ def test_r_squared():
 
 
 def test_driver_runs_end_to_end_in_its_smoke_size(tmp_path, preference_sft):
-    """(The session's SFT policy →) a proxy RM → Best-of-N and GRPO (two seeds) against it →
-    fits, JSON and PNG (PPO runs through the same code path; tests/test_ppo.py covers it)."""
+    """(The session's SFT policy →) a proxy RM → Best-of-N and GRPO (two seeds, trained at once
+    in two worker processes) against it → fits, JSON and PNG (PPO runs through the same code
+    path; tests/test_ppo.py covers it)."""
     import json
     import os
     import subprocess
@@ -81,6 +82,7 @@ def test_driver_runs_end_to_end_in_its_smoke_size(tmp_path, preference_sft):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     command = [sys.executable, "-m", "experiments.overoptimization", "--smoke"]
     command += [f"--workdir={tmp_path}", f"--sft={preference_sft}", "--sizes=small", "--rl=grpo"]
+    command += ["--workers=2"]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -89,6 +91,8 @@ def test_driver_runs_end_to_end_in_its_smoke_size(tmp_path, preference_sft):
         report = json.load(f)
     results = report["results"]["small"]
     assert set(results) == {"bon", "grpo"}
+    assert report["settings"]["workers"] == 2
+    assert {"rl", "grpo_small_seed0", "grpo_small_seed1"} <= set(report["stage_seconds"])
     bon = results["bon"]["points"]
     assert bon["n"] == [1, 2, 3, 4] and bon["gold"][0] == 0.0
     np.testing.assert_allclose(bon["d"], oo.bon_distance(np.arange(1, 5)))
