@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 
 class Clock:
@@ -37,14 +38,19 @@ def _pin(cores) -> None:
     os.sched_setaffinity(0, cores.get())
 
 
-def _train(config, workdir: str, cache_root: str) -> float:
-    """One run (``algorithms.run``, in a worker process or this one); its wall seconds."""
+class Finished(NamedTuple):
+    seconds: float  # the run's wall time
+    metrics: dict[str, float]  # its final evaluation (``algorithms.run``'s result)
+
+
+def _train(config, workdir: str, cache_root: str) -> Finished:
+    """One run (``algorithms.run``, in a worker process or this one)."""
     from irl_jax import algorithms
 
     compilation_cache(cache_root)
     start = time.perf_counter()
-    algorithms.run(config, workdir)
-    return time.perf_counter() - start
+    metrics = algorithms.run(config, workdir)
+    return Finished(time.perf_counter() - start, {k: float(v) for k, v in metrics.items()})
 
 
 def default_workers() -> int:
@@ -55,9 +61,9 @@ def default_workers() -> int:
     return 2 if jax.default_backend() == "cpu" and cores >= 2 else 1
 
 
-def train_runs(runs: dict[str, tuple], workers: int, cache_root: str) -> dict[str, float]:
+def train_runs(runs: dict[str, tuple], workers: int, cache_root: str) -> dict[str, Finished]:
     """Trains independent runs, ``name -> (config, run_dir)``; returns each run's wall seconds
-    (printed as it ends).
+    (printed as it ends) and final metrics.
 
     ``workers`` > 1 trains them in as many spawned processes, each pinned to its own share of
     the CPU cores. The drivers' models are tiny: their ops are too small to gain from a second
@@ -66,16 +72,16 @@ def train_runs(runs: dict[str, tuple], workers: int, cache_root: str) -> dict[st
     run's numbers depend on its thread count (XLA splits reductions by thread), so results
     repeat for the same ``workers`` on the same cores, and ``workers`` = 1 (the runs one after
     another in this process, on all cores) gives other draws of the same experiment."""
-    seconds: dict[str, float] = {}
+    finished: dict[str, Finished] = {}
 
-    def done(name: str, value: float) -> None:
-        seconds[name] = value
-        print(f"[{time.strftime('%H:%M:%S')}] {name}: {value:.1f} s", flush=True)
+    def done(name: str, run: Finished) -> None:
+        finished[name] = run
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {run.seconds:.1f} s", flush=True)
 
     if workers <= 1:
         for name, (config, path) in runs.items():
             done(name, _train(config, path, cache_root))
-        return seconds
+        return finished
     import concurrent.futures
     import multiprocessing
 
@@ -92,4 +98,4 @@ def train_runs(runs: dict[str, tuple], workers: int, cache_root: str) -> dict[st
         }
         for future in concurrent.futures.as_completed(futures):
             done(futures[future], future.result())
-    return {name: seconds[name] for name in runs}
+    return {name: finished[name] for name in runs}

@@ -24,9 +24,11 @@ import os
 import shutil
 import time
 
+import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import common
 from experiments.configs import rm_embedding, sft
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/noise_sweep", "Runs and the embedding cache.")
@@ -38,6 +40,12 @@ _DATA_SEEDS = flags.DEFINE_integer("data_seeds", 2, "Pair/label draws per condit
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 400, "Head training steps per run.")
 _QUANTITIES = flags.DEFINE_list("quantities", ["4096"], "Labelled training pairs per run.")
 _OUT = flags.DEFINE_string("out", "docs/noise_sweep", "Writes OUT.md and OUT.png.")
+_WORKERS = flags.DEFINE_integer(
+    "workers",
+    0,
+    "Runs trained at once, each in a process on its share of the cores "
+    "(experiments.common.train_runs); 0: 2 on a CPU with two or more cores, else 1.",
+)
 
 LOSSES = ("bradley_terry", "classification")
 PAIRINGS = ("same_prompt", "cross_prompt")
@@ -58,12 +66,14 @@ def backbone(workdir: str) -> str:
     return export
 
 
-def run(
-    backbone_dir: str, num_train: int, beta: float, pairing: str, loss: str, seed: int
-) -> dict[str, float]:
-    """One ``embedding_rm`` run (8 seeds) in a fresh workdir; returns its final metrics."""
-    from irl_jax.algorithms import embedding_rm
+def run_name(num_train: int, beta: float, pairing: str, loss: str, seed: int) -> str:
+    return f"{pairing}-{loss}-beta{beta:g}-n{num_train}-seed{seed}"
 
+
+def run_config(
+    backbone_dir: str, num_train: int, beta: float, pairing: str, loss: str, seed: int
+) -> ml_collections.ConfigDict:
+    """One ``embedding_rm`` run (8 heads); the label/pair draw ``seed``."""
     config = rm_embedding.get_config()
     config.init_from = backbone_dir
     config.num_steps = _NUM_STEPS.value
@@ -74,11 +84,7 @@ def run(
     settings = config.embedding_rm
     settings.beta_ann, settings.pairing, settings.loss = beta, pairing, loss
     settings.cache_dir = os.path.join(_WORKDIR.value, "embedding_cache")
-    name = f"{pairing}-{loss}-beta{beta:g}-n{num_train}-seed{seed}"
-    workdir = os.path.join(_WORKDIR.value, "runs", name)
-    shutil.rmtree(workdir, ignore_errors=True)
-    metrics = embedding_rm.train(config, workdir)
-    return {name.removeprefix("eval/"): value for name, value in metrics.items()}
+    return config
 
 
 def pooled(runs: list[dict[str, float]], name: str) -> tuple[float, float]:
@@ -168,22 +174,38 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     betas = [math.inf if b == "inf" else float(b) for b in _BETAS.value]
     backbone_dir = backbone(_WORKDIR.value)
-    tables = {}
+    conditions = [
+        (quantity, beta, pairing, loss)
+        for quantity in map(int, _QUANTITIES.value)
+        for pairing in PAIRINGS
+        for beta in betas
+        for loss in LOSSES
+    ]
+    jobs = {}  # name -> (config, a fresh run directory)
+    for condition in conditions:
+        for seed in range(_DATA_SEEDS.value):
+            name = run_name(*condition, seed)
+            workdir = os.path.join(_WORKDIR.value, "runs", name)
+            shutil.rmtree(workdir, ignore_errors=True)
+            jobs[name] = (run_config(backbone_dir, *condition, seed), workdir)
+    workers = _WORKERS.value or common.default_workers()
+    finished = common.train_runs(jobs, workers, os.path.abspath(_WORKDIR.value))
+    final = {
+        name: {k.removeprefix("eval/"): v for k, v in run.metrics.items()}
+        for name, run in finished.items()
+    }
+    tables: dict[int, list[dict]] = {}
     for quantity in map(int, _QUANTITIES.value):
         results = {}
-        for pairing in PAIRINGS:
-            for beta in betas:
-                for loss in LOSSES:
-                    runs = [
-                        run(backbone_dir, quantity, beta, pairing, loss, seed)
-                        for seed in range(_DATA_SEEDS.value)
-                    ]
-                    results[(beta, pairing, loss)] = runs
-                    mean, stderr = pooled(runs, METRICS[0])
-                    print(
-                        f"{quantity} pairs, {pairing} {loss} β_ann={beta:g}: "
-                        f"gold accuracy {mean:.3f} ± {stderr:.3f}"
-                    )
+        for _, beta, pairing, loss in (c for c in conditions if c[0] == quantity):
+            names = [run_name(quantity, beta, pairing, loss, s) for s in range(_DATA_SEEDS.value)]
+            runs = [final[name] for name in names]
+            results[(beta, pairing, loss)] = runs
+            mean, stderr = pooled(runs, METRICS[0])
+            print(
+                f"{quantity} pairs, {pairing} {loss} β_ann={beta:g}: "
+                f"gold accuracy {mean:.3f} ± {stderr:.3f}"
+            )
         tables[quantity] = summarize(results, betas)
     table = markdown(tables, time.perf_counter() - start)
     os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)

@@ -408,7 +408,8 @@ def main(argv: list[str]) -> None:
                 config = rl_config(policy, reward_model, method, seed)
                 jobs[name] = (config, os.path.join(workdir, name))
     workers = _WORKERS.value or common.default_workers()
-    clock.seconds.update(clock("rl", common.train_runs, jobs, workers, workdir))
+    finished = clock("rl", common.train_runs, jobs, workers, workdir)
+    clock.seconds.update({name: run.seconds for name, run in finished.items()})
     results: dict[str, dict] = {}
     for size in reward_models:
         base = {"gold": float(scores["gold"].mean()), "proxy": float(scores[size].mean())}
