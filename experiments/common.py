@@ -33,9 +33,18 @@ def compilation_cache(workdir: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def _usable_cores() -> list[int]:
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return sorted(os.sched_getaffinity(0))
+    return list(range(os.cpu_count() or 1))
+
+
 def _pin(cores) -> None:
-    """Worker initializer: this process on its share of the cores (``cores.get()``)."""
-    os.sched_setaffinity(0, cores.get())
+    """Worker initializer: this process on its share of the cores (``cores.get()``), where the
+    OS lets a process choose (Linux; macOS has no affinity call, so its workers float)."""
+    share = cores.get()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, share)
 
 
 class Finished(NamedTuple):
@@ -54,11 +63,12 @@ def _train(config, workdir: str, cache_root: str) -> Finished:
 
 
 def default_workers() -> int:
-    """2 on a CPU with at least two cores (see ``train_runs``), else 1."""
+    """2 on a CPU with at least two cores that processes can be pinned to (see ``train_runs``;
+    Linux), else 1 (an accelerator belongs to one process)."""
     import jax
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    return 2 if jax.default_backend() == "cpu" and cores >= 2 else 1
+    pinnable = hasattr(os, "sched_setaffinity") and len(_usable_cores()) >= 2
+    return 2 if jax.default_backend() == "cpu" and pinnable else 1
 
 
 def train_runs(runs: dict[str, tuple], workers: int, cache_root: str) -> dict[str, Finished]:
@@ -86,7 +96,7 @@ def train_runs(runs: dict[str, tuple], workers: int, cache_root: str) -> dict[st
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    cores, all_cores = context.Queue(), sorted(os.sched_getaffinity(0))
+    cores, all_cores = context.Queue(), _usable_cores()
     for index in range(workers):
         cores.put(all_cores[index::workers] or all_cores)
     with concurrent.futures.ProcessPoolExecutor(
