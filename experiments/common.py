@@ -33,6 +33,13 @@ def compilation_cache(workdir: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+WORKERS_HELP = (
+    "Runs trained at once, each in a process pinned to its share of the cores "
+    "(experiments.common.train_runs); 0: default_workers() (2 on a Linux CPU with two or more "
+    "cores, else 1)."
+)
+
+
 def _usable_cores() -> list[int]:
     if hasattr(os, "sched_getaffinity"):  # Linux
         return sorted(os.sched_getaffinity(0))

@@ -40,12 +40,7 @@ _DATA_SEEDS = flags.DEFINE_integer("data_seeds", 2, "Pair/label draws per condit
 _NUM_STEPS = flags.DEFINE_integer("num_steps", 400, "Head training steps per run.")
 _QUANTITIES = flags.DEFINE_list("quantities", ["4096"], "Labelled training pairs per run.")
 _OUT = flags.DEFINE_string("out", "docs/noise_sweep", "Writes OUT.md and OUT.png.")
-_WORKERS = flags.DEFINE_integer(
-    "workers",
-    0,
-    "Runs trained at once, each in a process on its share of the cores "
-    "(experiments.common.train_runs); 0: 2 on a CPU with two or more cores, else 1.",
-)
+_WORKERS = flags.DEFINE_integer("workers", 0, common.WORKERS_HELP)
 
 LOSSES = ("bradley_terry", "classification")
 PAIRINGS = ("same_prompt", "cross_prompt")

@@ -69,12 +69,7 @@ _PPO_KL_COEF = flags.DEFINE_float("ppo_kl_coef", 0.05, "β of PPO (k1 reward pen
 _RL_STEPS = flags.DEFINE_integer("rl_steps", 80, "RL iterations.")
 _EVAL_EVERY = flags.DEFINE_integer("eval_every", 2, "RL iterations between evaluations (points).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "RL runs (seeds 0 … seeds − 1) per method and proxy.")
-_WORKERS = flags.DEFINE_integer(
-    "workers",
-    0,
-    "RL runs trained at once, each in a process on its share of the cores "
-    "(experiments.common.train_runs); 0: 2 on a CPU with two or more cores, else 1.",
-)
+_WORKERS = flags.DEFINE_integer("workers", 0, common.WORKERS_HELP)
 _SMOKE = flags.DEFINE_bool("smoke", False, "Tiny sizes end to end (the test suite's run).")
 
 # Proxy reward model shapes (gpt2 architecture, trained from scratch on the same pairs): 24k,
