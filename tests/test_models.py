@@ -1,5 +1,7 @@
 """Decoder family: logits parity with `transformers`, padding, bf16, scan, compiles, gradients."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -19,7 +21,7 @@ from hf_utils import (
 
 from irl_jax.models import Transformer, preset, stack_layers
 from irl_jax.models.hf import load_pretrained
-from irl_jax.models.transformer import rope_inv_freq
+from irl_jax.models.transformer import rope_inv_freq, rope_tables
 
 FAMILIES = {
     "gpt2": (transformers.GPT2LMHeadModel, gpt2_config),
@@ -159,3 +161,26 @@ def test_gradients_finite_with_fully_padded_row(name):
     value, grads = jax.value_and_grad(loss)(params)
     assert np.isfinite(value)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def test_rope_tables_gathered_equal_direct_and_computed_once():
+    """RoPE's cos / sin gathered from ``[num_positions, hd]`` tables are the directly computed
+    values; a position past the tables reads NaN; and in a compiled gradient the cos runs on
+    the table only, not once per head and layer inside the attention fusions."""
+    config = preset("llama-tiny")
+    positions = jnp.asarray([[0, 0, 1, 2, 3], [0, 1, 2, 3, 4]])
+    direct = rope_tables(config, positions)
+    gathered = rope_tables(config, positions, num_positions=5)
+    for a, b in zip(direct, gathered, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    past = rope_tables(config, positions, num_positions=4)[0]
+    assert np.isnan(np.asarray(past)[1, 4]).all() and np.isfinite(np.asarray(past)[0]).all()
+
+    ids, mask = padded_batch(np.random.default_rng(7), [6, 4], 6, "left", vocab=500)
+    params = Transformer(config).init(jax.random.key(0), ids, mask)["params"]
+    grad = jax.jit(
+        jax.grad(lambda p: Transformer(config).apply({"params": p}, ids, mask).logits.sum())
+    )
+    hlo = grad.lower(params).compile().as_text()
+    shapes = re.findall(r"= (f32\[[\d,]*\])\S* cosine\(", hlo)
+    assert shapes == [f"f32[6,{config.head_dim}]"], shapes
