@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import statistics
 import tempfile
 import time
 
 from absl import app, flags
 
-from benchmarks.timing import write_results
+from benchmarks.timing import machine, write_results
 
 _FAST = flags.DEFINE_bool("fast", False, "A tiny shape and one repeat (CI smoke mode).")
 _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/rl_iteration.json", "JSON output.")
@@ -459,7 +458,7 @@ def main(argv: list[str]) -> None:
     except ImportError:
         with_trl = False
     results = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "machine": machine(),
         "repeats": repeats,
         "iterations": iterations,
         "shapes": {

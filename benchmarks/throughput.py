@@ -15,12 +15,10 @@ fake-device flag. Results go to ``--output`` as JSON.
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 
 from absl import app, flags
 
-from benchmarks.timing import matmul_peak, write_results
+from benchmarks.timing import machine, matmul_peak, write_results
 
 _FAST = flags.DEFINE_bool("fast", False, "Tiny sizes and one repeat (CI smoke mode).")
 _OUTPUT = flags.DEFINE_string("output", "benchmarks/results/throughput.json", "JSON output.")
@@ -59,11 +57,7 @@ def run(sizes: list[Size], workload: Workload, repeats: int, with_torch: bool) -
 
     has_torch = with_torch and torch_side.available()
     results = {
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-        },
+        "machine": machine(),
         "workload": dataclasses.asdict(workload),
         "repeats": repeats,
         "matmul_peak_flops": matmul_peak(repeats, 512 if workload.batch < 8 else 2048),

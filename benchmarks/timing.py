@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -31,6 +32,19 @@ def matmul_peak(repeats: int, n: int) -> float:
     matmul = jax.jit(jnp.matmul)
     seconds = median_seconds(lambda: matmul(a, b).block_until_ready(), repeats)
     return 2 * n**3 / seconds
+
+
+def machine() -> dict:
+    """The machine a benchmark ran on, and whether ``import irl_jax`` tuned the host allocator
+    (``irl_jax.host_memory``: process-wide, so a PyTorch side in the same process has it too)."""
+    import irl_jax
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "host_malloc_tuned": irl_jax.HOST_MALLOC_TUNED,
+    }
 
 
 def write_results(results: dict, path: str) -> None:
