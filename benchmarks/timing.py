@@ -35,8 +35,9 @@ def matmul_peak(repeats: int, n: int) -> float:
 
 
 def machine() -> dict:
-    """The machine a benchmark ran on, and whether ``import irl_jax`` tuned the host allocator
-    (``irl_jax.host_memory``: process-wide, so a PyTorch side in the same process has it too)."""
+    """The machine a benchmark ran on, and whether the host allocator was tuned
+    (``IRL_JAX_KEEP_FREED_MEMORY=1``, ``irl_jax.host_memory``: process-wide, so a PyTorch side
+    in the same process has it too)."""
     import irl_jax
 
     return {

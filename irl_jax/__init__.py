@@ -4,5 +4,5 @@ from irl_jax import host_memory
 
 __version__ = "0.1.0"
 
-# Before JAX starts its threads: freed step buffers stay in the process (see host_memory).
-HOST_MALLOC_TUNED = host_memory.keep_freed_memory()
+# Before JAX starts its threads, and only when asked: see host_memory.
+HOST_MALLOC_TUNED = host_memory.from_environment()

@@ -1,5 +1,5 @@
-"""irl_jax.host_memory: after ``import irl_jax`` a freed block's pages are reused, not faulted
-in again; ``IRL_JAX_SYSTEM_MALLOC=1`` keeps the C library's defaults."""
+"""irl_jax.host_memory: with ``IRL_JAX_KEEP_FREED_MEMORY=1`` a freed block's pages are reused,
+not faulted in again; by default the C library's behaviour is left as it is."""
 
 import os
 import subprocess
@@ -36,12 +36,12 @@ def _probe(**env) -> tuple[str, int]:
 
 def test_freed_block_is_reused_without_page_faults():
     pages = (256 << 20) // 4096
-    tuned, faults = _probe()
+    tuned, faults = _probe(IRL_JAX_KEEP_FREED_MEMORY="1")
     if not sys.platform.startswith("linux"):  # glibc's mallopt only: nothing is changed
         assert tuned == "False"
         return
     assert tuned == "True"
     assert faults < pages // 100, faults  # measured: 0 (65,537 with the defaults)
-    default, faults = _probe(IRL_JAX_SYSTEM_MALLOC="1")
+    default, faults = _probe(IRL_JAX_KEEP_FREED_MEMORY="")
     assert default == "False"
     assert faults > 0  # the block went back to the kernel (its pages, or huge pages, fault in)
