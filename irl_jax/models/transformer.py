@@ -118,14 +118,17 @@ def rope_tables(
     reads NaN, never a clamped row.
     """
     inv_freq = jnp.asarray(rope_inv_freq(config))
-    if num_positions is None:
-        freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+
+    def cos_sin(at: jax.Array) -> tuple[jax.Array, jax.Array]:
+        freqs = at.astype(jnp.float32)[..., None] * inv_freq
         emb = jnp.concatenate([freqs, freqs], axis=-1)
         return jnp.cos(emb), jnp.sin(emb)
-    freqs = jnp.arange(num_positions, dtype=jnp.float32)[:, None] * inv_freq
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
+
+    if num_positions is None:
+        return cos_sin(positions)
     take = lambda table: jnp.take(table, positions, axis=0, mode="fill", fill_value=jnp.nan)
-    return take(jnp.cos(emb)), take(jnp.sin(emb))
+    cos, sin = cos_sin(jnp.arange(num_positions))
+    return take(cos), take(sin)
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
